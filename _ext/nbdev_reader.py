@@ -21,6 +21,7 @@ _DIRECTIVE_LINE = re.compile(r"^\s*#\|")
 
 def _tags_for(directives: dict) -> list[str]:
     "The myst-nb tags that stand for a cell's nbdev directives."
+    directives = {name.rstrip(":"): value for name, value in directives.items()}  # Quarto style: `eval: false`
     tags = [_TAG_FOR[d] for d in directives if d in _TAG_FOR]
     for name, tag in _TAG_FOR_FALSE.items():
         value = directives.get(name)

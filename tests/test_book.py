@@ -1,0 +1,59 @@
+"""Build the executed course book with warnings as errors, then check what a reader sees.
+
+Building the book executes every chapter notebook once: a failing assertion in any chapter fails
+this test. Deselect it with `-m "not book"` for a quick run.
+"""
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+CHAPTERS = ["index", "00_storyworld", "01_foundations", "A1_core", "A2_cli"]
+
+
+@pytest.fixture(scope="module")
+def book():
+    result = subprocess.run(["jupyter-book", "build", ".", "-W", "-n", "--keep-going"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    return HTML
+
+
+@pytest.mark.book
+def test_book_builds_and_every_chapter_executes(book):
+    for name in CHAPTERS:
+        page = (book / "nbs" / f"{name}.html").read_text(encoding="utf-8")
+        assert "cell_output" in page, f"{name}: no executed output"
+
+
+@pytest.mark.book
+def test_no_nbdev_markup_and_hidden_cells_are_gone(book):
+    for name in CHAPTERS:
+        page = (book / "nbs" / f"{name}.html").read_text(encoding="utf-8")
+        assert "#|" not in page and "#| export" not in page, f"{name}: nbdev directive visible"
+        assert "nbdev_export" not in page, f"{name}: export cell visible"
+        assert "from fastcore.test import" not in page, f"{name}: a #| hide cell is visible"
+
+
+@pytest.mark.book
+def test_launch_buttons_citations_and_offline_math(book):
+    page = (book / "nbs" / "01_foundations.html").read_text(encoding="utf-8")
+    assert re.search(r"colab\.research\.google\.com/github/storyteller-course/storyteller/blob/main/nbs/01_foundations\.ipynb", page)
+    assert "github.com/storyteller-course/storyteller" in page
+    assert "bibliography.html#id" in page or 'href="bibliography.html' in page  # citations link to the bibliography
+    assert re.search(r'<script[^>]+src="\.\./_static/mathjax/tex-chtml\.js', page), "MathJax is not served locally"
+    assert (book / "_static" / "mathjax" / "tex-chtml.js").exists()
+    assert "cdn.jsdelivr.net/npm/mathjax" not in page
+    bib = (book / "nbs" / "bibliography.html").read_text(encoding="utf-8")
+    assert "Learning Transferable Visual Models" in bib
+
+
+@pytest.mark.book
+def test_eval_false_cells_are_shown_but_not_run(book):
+    page = (book / "nbs" / "01_foundations.html").read_text(encoding="utf-8")
+    cells = page.split('<div class="cell ')
+    [cell] = [c for c in cells if "clip_gpu_provenance" in c]
+    assert "cell_output" not in cell

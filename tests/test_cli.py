@@ -1,0 +1,29 @@
+"""The installed `storyteller` command, end to end."""
+import json
+import subprocess
+
+
+def run(*args, **kw):
+    return subprocess.run(["storyteller", *args], capture_output=True, text=True, **kw)
+
+
+def test_train_writes_checkpoint_and_provenance(storyteller_home):
+    result = run("train", "judge", "--steps", "2", "--set", "eval_size=32", "--set", "num_workers=0")
+    assert result.returncode == 0, result.stderr
+    assert (storyteller_home / "judge.safetensors").exists()
+    provenance = json.loads((storyteller_home / "judge.json").read_text(encoding="utf-8"))
+    assert provenance["steps"] == 2 and provenance["name"] == "judge"
+    assert "wrote" in result.stdout and "2 steps" in result.stdout
+
+
+def test_bad_requests_are_clear_errors():
+    result = run("train", "judge", "--set", "lr")
+    assert result.returncode == 2 and "--set expects KEY=VALUE" in result.stderr
+    result = run("train", "unicorn")
+    assert result.returncode == 2 and "no recipe named 'unicorn'; known recipes: judge, miniclip" in result.stderr
+
+
+def test_list_shows_shipped_provenance():
+    result = run("list")
+    assert result.returncode == 0, result.stderr
+    assert "judge" in result.stdout and "miniclip" in result.stdout and "steps in" in result.stdout

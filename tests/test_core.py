@@ -1,0 +1,68 @@
+"""Checkpoints: round trip, atomic files, and errors that name the file."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from storyteller.core import (CheckpointError, fit, load_checkpoint, load_from, load_shipped, read_provenance,
+                              save_checkpoint, train_model)
+
+
+def small():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2)).eval()
+
+
+def test_round_trip_keeps_every_tensor(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    model(torch.randn(2, 3, 8, 8))  # moves the batch-norm running statistics away from their init
+    save_checkpoint(model, tmp_path / "m.safetensors", {"name": "m", "steps": 1})
+    twin = load_checkpoint(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), tmp_path / "m.safetensors")
+    for (k, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+
+
+def test_corrupt_truncated_and_mismatched_files_name_the_file(tmp_path):
+    model = nn.Linear(4, 3)
+    path = save_checkpoint(model, tmp_path / "lin.safetensors")
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint at all")
+    for name in ("cut", "junk"):
+        with pytest.raises(CheckpointError, match=f"{name}.safetensors"):
+            load_checkpoint(nn.Linear(4, 3), tmp_path / f"{name}.safetensors")
+    with pytest.raises(CheckpointError, match="lin.safetensors: cannot load into Linear"):
+        load_checkpoint(nn.Linear(5, 3), path)
+    (tmp_path / "lin.json").write_text("{broken", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="lin.json: provenance file is not valid JSON"):
+        read_provenance(path)
+
+
+def test_train_model_records_provenance(tmp_path):
+    model, prov = train_model("judge", out=tmp_path / "judge.safetensors", steps=2, eval_size=32, num_workers=0)
+    on_disk = json.loads((tmp_path / "judge.json").read_text(encoding="utf-8"))
+    assert on_disk["steps"] == 2 and on_disk["config"]["steps"] == 2
+    assert {"wall_time_s", "hardware", "versions", "git_commit", "metrics", "created"} <= set(on_disk)
+    assert set(on_disk["metrics"]) >= {"background", "shape", "colour", "size", "position"}
+    again, _ = load_from("judge", tmp_path / "judge.safetensors")
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(model.eval()(x)[0], again(x)[0])
+
+
+def test_shipped_checkpoint_with_wrong_config_is_reported(tmp_path, monkeypatch):
+    import storyteller.core as core
+
+    model, prov = train_model("judge", out=tmp_path / "judge.safetensors", steps=1, eval_size=16, num_workers=0)
+    prov["config"]["width"] = 8  # the weights no longer fit the model this config builds
+    (tmp_path / "judge.json").write_text(json.dumps(prov), encoding="utf-8")
+    monkeypatch.setattr(core, "SHIPPED_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match="judge.safetensors: cannot load into AttributeJudge"):
+        load_shipped("judge")
+
+
+def test_fit_rejects_a_diverging_loss():
+    data = [torch.ones(2)]
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        fit(nn.Linear(2, 1), lambda m, b: m(b).sum() * float("nan"), data, steps=2, progress=False)

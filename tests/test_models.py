@@ -1,0 +1,32 @@
+"""The shipped checkpoints load through the real path and are as good as their provenance says."""
+import pytest
+
+from storyteller.core import SHIPPED_DIR, load_shipped
+from storyteller.foundations import evaluate_miniclip
+from storyteller.storyworld import evaluate_judge
+
+JUDGE_TARGET = 0.99
+
+
+def test_shipped_judge_meets_its_threshold():
+    judge, provenance = load_shipped("judge")
+    scores = evaluate_judge(judge, "test", n=2000)
+    for attribute in ("background", "shape", "colour", "size", "position"):
+        assert scores[attribute] >= JUDGE_TARGET, (attribute, scores)
+    for attribute, value in scores.items():  # what the provenance claims is what it measures now
+        assert value == pytest.approx(provenance["metrics"][attribute], abs=0.01), attribute
+
+
+def test_shipped_miniclip_matches_its_provenance():
+    model, provenance = load_shipped("miniclip")
+    scores = evaluate_miniclip(model, n=provenance["config"]["eval_size"])
+    for metric, value in scores.items():
+        assert value == pytest.approx(provenance["metrics"][metric], abs=0.01), metric
+    assert scores["text→image R@5"] > 0.5 and scores["zero-shot mean"] > 0.5, scores
+
+
+def test_every_shipped_checkpoint_has_provenance():
+    shipped = sorted(SHIPPED_DIR.glob("*.safetensors"))
+    assert {p.stem for p in shipped} >= {"judge", "miniclip"}
+    for path in shipped:
+        assert path.with_suffix(".json").exists(), path

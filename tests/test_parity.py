@@ -1,0 +1,73 @@
+"""Parity with reference implementations: transformers' CLIP loss, PyTorch's multi-head attention."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from storyteller.foundations import CrossModalAttention, contrastive_loss
+
+
+def tiny_clip(tmp_path):
+    "A random-weight CLIPModel built in code, saved, and loaded back through from_pretrained."
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(
+        text_config=dict(vocab_size=16, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=16, pad_token_id=0, bos_token_id=2,
+                         eos_token_id=3),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
+                           num_hidden_layers=2, num_attention_heads=4),
+        projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(tmp_path)
+    return CLIPModel.from_pretrained(tmp_path).eval()
+
+
+def test_contrastive_loss_matches_clip_model(tmp_path):
+    model = tiny_clip(tmp_path)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1 / 0.05))
+    ids = torch.randint(4, 16, (6, 9)); ids[:, 0] = 2; ids[:, -1] = 3
+    out = model(input_ids=ids, pixel_values=torch.randn(6, 3, 32, 32), return_loss=True)
+    ours = contrastive_loss(out.image_embeds, out.text_embeds, model.logit_scale)
+    torch.testing.assert_close(ours, out.loss, rtol=1e-5, atol=1e-6)
+    # and the logits it builds are CLIP's logits_per_image
+    from storyteller.foundations import contrastive_logits
+    torch.testing.assert_close(contrastive_logits(out.image_embeds, out.text_embeds, model.logit_scale),
+                               out.logits_per_image, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("context_dim", [None, 24])
+def test_cross_modal_attention_matches_multihead_attention(context_dim):
+    torch.manual_seed(1)
+    dim, heads = 32, 4
+    ours = CrossModalAttention(dim, heads, context_dim=context_dim).eval()
+    kdim = context_dim or dim
+    ref = nn.MultiheadAttention(dim, heads, batch_first=True, kdim=kdim, vdim=kdim).eval()
+    with torch.no_grad():
+        if context_dim is None:
+            ref.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
+        else:
+            ref.q_proj_weight.copy_(ours.q_proj.weight)
+            ref.k_proj_weight.copy_(ours.k_proj.weight)
+            ref.v_proj_weight.copy_(ours.v_proj.weight)
+        ref.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        ref.out_proj.weight.copy_(ours.out_proj.weight)
+        ref.out_proj.bias.copy_(ours.out_proj.bias)
+    q, ctx = torch.randn(4, 7, dim), torch.randn(4, 11, kdim)
+    pad = torch.rand(4, 11) < 0.4
+    pad[:, 0] = False
+    expected = ref(q, ctx, ctx, key_padding_mask=pad)[0]
+    torch.testing.assert_close(ours(q, ctx, pad), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours(q, ctx, pad, return_weights=True)[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_never_receives_attention():
+    torch.manual_seed(2)
+    attn = CrossModalAttention(16, 2).eval()
+    q, ctx = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    pad = torch.tensor([[False, False, True, True, True], [False] * 5])
+    _, w = attn(q, ctx, pad, return_weights=True)
+    assert w[0, ..., 2:].abs().max() == 0
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 2, 3))
