@@ -25,9 +25,9 @@ PACKAGE_DIR = Path(importlib.util.find_spec("storyteller").origin).parent  # als
 # %% auto #0
 __all__ = ['PACKAGE_DIR', 'PROFILES', 'RECIPES', 'RECIPE_MODULES', 'SHIPPED_DIR', 'get_device', 'Profile', 'get_profile',
            'seed_everything', 'History', 'cycle', 'warmup_cosine', 'fit', 'to_pil', 'image_grid', 'show_images',
-           'CheckpointError', 'save_checkpoint', 'read_provenance', 'load_checkpoint', 'Recipe', 'register_recipe',
-           'get_recipe', 'hardware', 'git_commit', 'versions', 'resolve_config', 'train_model', 'storyteller_home',
-           'load_from', 'load_shipped', 'load_or_train', 'results_model', 'describe_provenance']
+           'image_gallery', 'CheckpointError', 'save_checkpoint', 'read_provenance', 'load_checkpoint', 'Recipe',
+           'register_recipe', 'get_recipe', 'hardware', 'git_commit', 'versions', 'resolve_config', 'train_model',
+           'storyteller_home', 'load_from', 'load_shipped', 'load_or_train', 'results_model', 'describe_provenance']
 
 # %% ../nbs/A1_core.ipynb #5a85a287
 def get_device(prefer: str | None = None) -> torch.device:
@@ -55,7 +55,7 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "cpu": Profile("cpu", image_size=32, batch_size=64, live_steps=150, eval_size=1000, own_results=False),
-    "gpu": Profile("gpu", image_size=32, batch_size=256, live_steps=4000, eval_size=5000, own_results=True),
+    "gpu": Profile("gpu", image_size=64, batch_size=256, live_steps=4000, eval_size=5000, own_results=True),
 }
 
 
@@ -194,7 +194,29 @@ def show_images(images: torch.Tensor, titles: list[str] | None = None, ncols: in
     fig.tight_layout()
     return fig
 
-# %% ../nbs/A1_core.ipynb #6a70abe2
+# %% ../nbs/A1_core.ipynb #42656e6d
+def image_gallery(images: torch.Tensor, captions: list[str], ncols: int = 4, scale: int = 3):
+    "An HTML grid of images in [0, 1] with a text caption under each (any script: the browser draws the text)."
+    import base64
+    import html
+    import io
+
+    from IPython.display import HTML
+    from PIL import Image
+
+    figures = []
+    for image, text in zip(images, captions, strict=True):
+        pil = to_pil(image)
+        buffer = io.BytesIO()
+        pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST).save(buffer, format="PNG")
+        src = base64.b64encode(buffer.getvalue()).decode()
+        label = html.escape(text).replace("\n", "<br>")
+        figures.append(f'<figure style="margin:0;text-align:center"><img src="data:image/png;base64,{src}" '
+                       f'alt="{html.escape(text)}"/><figcaption style="font-size:0.75em;line-height:1.3">{label}'
+                       f'</figcaption></figure>')
+    return HTML(f'<div style="display:grid;grid-template-columns:repeat({ncols},1fr);gap:8px">{"".join(figures)}</div>')
+
+# %% ../nbs/A1_core.ipynb #35b22448
 class CheckpointError(RuntimeError):
     "A checkpoint that is missing, corrupt or does not fit its model; the message names the file."
 
@@ -246,7 +268,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
         raise CheckpointError(f"{path}: cannot load into {type(model).__name__}: {e}") from e
     return model
 
-# %% ../nbs/A1_core.ipynb #164813fe
+# %% ../nbs/A1_core.ipynb #fb2c1bfd
 @dataclass
 class Recipe:
     "How to build and train a named model; `storyteller train NAME` runs it."
@@ -339,7 +361,7 @@ def train_model(name: str, out: str | Path | None = None, profile: Profile | Non
         save_checkpoint(model, out, provenance)
     return model, provenance
 
-# %% ../nbs/A1_core.ipynb #722a927a
+# %% ../nbs/A1_core.ipynb #9d6e4a1f
 SHIPPED_DIR = PACKAGE_DIR / "checkpoints"
 
 
