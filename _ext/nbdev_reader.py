@@ -6,6 +6,7 @@ It also serves MathJax from a local copy so formulas typeset without a network.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -71,6 +72,15 @@ def _copy_mathjax(app, exception) -> None:
                             ignore=shutil.ignore_patterns("sre", "*-speech.js", "*-full*.js"))
 
 
+def _quiet_kernels() -> None:
+    "Settings the executing kernels inherit: progress bars that update rarely (each update is a line in the page)."
+    os.environ.setdefault("TQDM_MININTERVAL", "60")
+    # without ipywidgets tqdm falls back to text bars, which is what a static page wants: drop its warning
+    warning = "ignore:IProgress not found"
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), warning]))
+
+
 def setup(app):
+    _quiet_kernels()
     app.connect("build-finished", _copy_mathjax)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -136,7 +136,7 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterab
     history, batches = History(), cycle(data)
     model.train()
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=1.0)
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
     for _ in bar:
         for _ in range(grad_accum):
             with accelerator.accumulate(model):

@@ -16,10 +16,10 @@ from .storyworld import (ATTRIBUTES, BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SI
                                     StoryWorldDataset, build_tokenizer, caption, scene_labels, storyworld_loader)
 
 # %% auto #0
-__all__ = ['MAX_LOGIT_SCALE', 'IGNORE_INDEX', 'ATTRIBUTE_VALUES', 'l2_normalize', 'JointEmbeddingModel', 'CrossModalAttention',
-           'FusionLayer', 'MultimodalFusion', 'contrastive_logits', 'contrastive_loss', 'mask_tokens', 'MLMHead',
-           'masked_lm_loss', 'mine_hard_negatives', 'ITMHead', 'ImageEncoder', 'TextEncoder', 'MiniCLIP',
-           'clip_step_loss', 'VisionLanguagePretrainer', 'embed_texts', 'embed_images', 'load_split',
+__all__ = ['MAX_LOGIT_SCALE', 'IGNORE_INDEX', 'ATTRIBUTE_VALUES', 'miniclip_recipe', 'l2_normalize', 'JointEmbeddingModel',
+           'CrossModalAttention', 'FusionLayer', 'MultimodalFusion', 'contrastive_logits', 'contrastive_loss',
+           'mask_tokens', 'MLMHead', 'masked_lm_loss', 'mine_hard_negatives', 'ITMHead', 'ImageEncoder', 'TextEncoder',
+           'MiniCLIP', 'clip_step_loss', 'VisionLanguagePretrainer', 'embed_texts', 'embed_images', 'load_split',
            'retrieval_metrics', 'one_actor_scenes', 'attribute_value', 'zero_shot_classifiers', 'zero_shot_accuracy',
            'miniclip_config', 'build_miniclip', 'evaluate_miniclip', 'train_miniclip']
 
@@ -427,5 +427,5 @@ def train_miniclip(model: MiniCLIP, config: dict, progress: bool = True) -> dict
     return evaluate_miniclip(model, config["eval_size"], "en", config["image_size"])
 
 
-register_recipe(Recipe("miniclip", build_miniclip, train_miniclip, miniclip_config, ship_steps=3000,
-                       description="mini-CLIP on StoryWorld (CNN + Transformer, contrastive), en + zh"))
+miniclip_recipe = register_recipe(Recipe("miniclip", build_miniclip, train_miniclip, miniclip_config, ship_steps=3000,
+                                         description="mini-CLIP on StoryWorld (CNN + Transformer, contrastive), en + zh"))

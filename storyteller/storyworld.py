@@ -20,11 +20,11 @@ from .core import (Profile, Recipe, fit, get_device, get_profile, register_recip
 # %% auto #0
 __all__ = ['BACKGROUNDS', 'SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'NAMES', 'RGB', 'PALETTES', 'X_CENTRE', 'RADIUS',
            'SUPERSAMPLE', 'EN', 'ZH', 'LANGUAGES', 'N_TEMPLATES', 'SLOT_FIELDS', 'LABEL_NAMES', 'LABEL_CLASSES',
-           'ATTRIBUTES', 'SPLIT_SIZES', 'SPECIAL_TOKENS', 'Actor', 'Scene', 'sample_scene', 'shape_polygon', 'render',
-           'to_tensor', 'actor_phrase', 'caption', 'scene_labels', 'scene_from_labels', 'scene_attributes',
-           'StoryWorldDataset', 'storyworld_loader', 'build_tokenizer', 'AttributeJudge', 'judge_loss',
-           'judge_accuracy', 'attributes_found', 'attribute_accuracy', 'evaluate_judge', 'judge_config', 'build_judge',
-           'train_judge']
+           'ATTRIBUTES', 'SPLIT_SIZES', 'SPECIAL_TOKENS', 'judge_recipe', 'Actor', 'Scene', 'sample_scene',
+           'shape_polygon', 'render', 'to_tensor', 'actor_phrase', 'caption', 'scene_labels', 'scene_from_labels',
+           'scene_attributes', 'StoryWorldDataset', 'storyworld_loader', 'build_tokenizer', 'AttributeJudge',
+           'judge_loss', 'judge_accuracy', 'attributes_found', 'attribute_accuracy', 'evaluate_judge', 'judge_config',
+           'build_judge', 'train_judge']
 
 # %% ../nbs/00_storyworld.ipynb #0fd5f547
 BACKGROUNDS = ("meadow", "sky", "night", "desert", "sea", "forest")
@@ -446,5 +446,5 @@ def train_judge(judge: AttributeJudge, config: dict, progress: bool = True) -> d
     return evaluate_judge(judge, "test", n=config["eval_size"], image_size=config["image_size"])
 
 
-register_recipe(Recipe("judge", build_judge, train_judge, judge_config, ship_steps=4000,
-                       description="StoryWorld attribute judge (CNN), the book's quality metric"))
+judge_recipe = register_recipe(Recipe("judge", build_judge, train_judge, judge_config, ship_steps=4000,
+                                    description="StoryWorld attribute judge (CNN), the book's quality metric"))
