@@ -24,10 +24,11 @@ PACKAGE_DIR = Path(importlib.util.find_spec("storyteller").origin).parent  # als
 
 # %% auto #0
 __all__ = ['PACKAGE_DIR', 'PROFILES', 'RECIPES', 'RECIPE_MODULES', 'SHIPPED_DIR', 'get_device', 'Profile', 'get_profile',
-           'seed_everything', 'History', 'cycle', 'warmup_cosine', 'fit', 'to_pil', 'image_grid', 'show_images',
-           'image_gallery', 'CheckpointError', 'save_checkpoint', 'read_provenance', 'load_checkpoint', 'Recipe',
-           'register_recipe', 'get_recipe', 'hardware', 'git_commit', 'versions', 'resolve_config', 'train_model',
-           'storyteller_home', 'load_from', 'load_shipped', 'load_or_train', 'results_model', 'describe_provenance']
+           'seed_everything', 'History', 'cycle', 'warmup_cosine', 'default_mixed_precision', 'fit', 'to_pil',
+           'image_grid', 'show_images', 'image_gallery', 'CheckpointError', 'save_checkpoint', 'read_provenance',
+           'load_checkpoint', 'Recipe', 'register_recipe', 'get_recipe', 'hardware', 'git_commit', 'versions',
+           'resolve_config', 'train_model', 'storyteller_home', 'load_from', 'load_shipped', 'load_or_train',
+           'results_model', 'describe_provenance']
 
 # %% ../nbs/A1_core.ipynb #5a85a287
 def get_device(prefer: str | None = None) -> torch.device:
@@ -116,46 +117,57 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def default_mixed_precision() -> str:
+    "bf16 on GPUs that have it natively, fp16 on older ones (a Colab T4), none on the CPU."
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+
+
 def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterable, steps: int, *,
         lr: float = 1e-3, weight_decay: float = 0.0, warmup: int = 0, max_grad_norm: float | None = 1.0,
         grad_accum: int = 1, mixed_precision: str | None = None, progress: bool = True,
         desc: str = "train") -> History:
-    "Train `model` for `steps` optimiser steps of `loss_fn(model, batch)` over `data`; return the `History`."
+    """Train `model` for `steps` optimiser steps of `loss_fn(model, batch)` over `data`; return the `History`.
+
+    The model ends on the training device, in eval mode. Mixed precision is fixed once per process (accelerate's
+    rule); multi-GPU data parallelism needs a `loss_fn` that calls `model(...)` rather than its submodules."""
     from accelerate import Accelerator
+    from accelerate.utils import send_to_device
     from tqdm.auto import tqdm
 
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    if mixed_precision is None:
-        mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
+    accelerator = Accelerator(mixed_precision=mixed_precision or default_mixed_precision(),
+                              gradient_accumulation_steps=grad_accum)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup))
-    model, optimizer, data = accelerator.prepare(model, optimizer, data)
+    prepared, optimizer, data = accelerator.prepare(model, optimizer, data)
     history, batches = History(), cycle(data)
-    model.train()
+    prepared.train()
     start = time.perf_counter()
     bar = tqdm(range(steps), desc=desc, disable=not progress)
     for _ in bar:
         for _ in range(grad_accum):
-            with accelerator.accumulate(model):
-                out = loss_fn(model, next(batches))
+            with accelerator.accumulate(prepared), accelerator.autocast():
+                out = loss_fn(prepared, send_to_device(next(batches), accelerator.device))
                 loss, logs = out if isinstance(out, tuple) else (out, {})
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {len(history.losses)}")
                 accelerator.backward(loss)
                 if max_grad_norm is not None and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                    accelerator.clip_grad_norm_(prepared.parameters(), max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         schedule.step()
         history.losses.append(loss.item())
         for key, value in logs.items():
             history.logs.setdefault(key, []).append(float(value))
-        bar.set_postfix(loss=f"{history.smoothed()[-1]:.4f}", refresh=False)
+        recent = history.losses[-20:]
+        bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
     history.seconds = time.perf_counter() - start
-    model.eval()
+    accelerator.unwrap_model(prepared, keep_fp32_wrapper=False).eval()  # drop accelerate's autocast wrapper
     return history
 
 # %% ../nbs/A1_core.ipynb #70c0468d
@@ -225,8 +237,10 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     "Write through a temporary file in the same folder, then rename it over `path`."
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    umask = os.umask(0); os.umask(umask)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # some writers create private files; a checkpoint is ordinary data
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -303,9 +317,10 @@ def get_recipe(name: str) -> Recipe:
 
 def hardware() -> str:
     "A short description of the device training runs on, for provenance records."
-    if torch.cuda.is_available():
+    device = get_device()
+    if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name()}"
-    return f"cpu: {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+    return f"{device.type}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
 
 
 def git_commit() -> str | None:
@@ -376,7 +391,10 @@ def load_from(name: str, path: str | Path) -> tuple[nn.Module, dict]:
     if provenance.get("name") != name:
         raise CheckpointError(f"{Path(path).with_suffix('.json')}: holds model {provenance.get('name')!r}, "
                               f"not {name!r}")
-    model = get_recipe(name).build(provenance["config"])
+    try:
+        model = get_recipe(name).build(provenance["config"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{Path(path).with_suffix('.json')}: its config cannot build {name!r}: {e!r}") from e
     load_checkpoint(model, path)
     return model.eval(), provenance
 

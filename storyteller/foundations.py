@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from typing import Sequence
 
 import torch
@@ -177,7 +178,7 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/01_foundations.ipynb #3caae35a
 def mine_hard_negatives(similarity: torch.Tensor, same: torch.Tensor | None = None,
                         generator: torch.Generator | None = None) -> torch.Tensor:
-    "For each row, draw a column index with probability softmax(similarity) over columns that are not matches."
+    "For each row, draw a column with probability softmax(similarity logits) over the columns that are not matches."
     forbidden = torch.eye(*similarity.shape, dtype=torch.bool, device=similarity.device)
     if same is not None:
         forbidden |= same
@@ -302,7 +303,7 @@ class VisionLanguagePretrainer(nn.Module):
         masked, mlm_labels = mask_tokens(ids, text["special_tokens_mask"].bool(), tok.mask_token_id,
                                          len(tok.all_special_ids), len(tok), generator=generator)
         mlm = masked_lm_loss(self.mlm_head(self._fuse(masked, mask, regions)), mlm_labels)
-        sim = img_e @ txt_e.T
+        sim = contrastive_logits(img_e, txt_e, self.clip.logit_scale)  # cosine / τ, as ALBEF samples
         same = None if labels is None else (labels[:, None] == labels[None]).all(-1)
         neg_text, neg_image = mine_hard_negatives(sim, same, generator), mine_hard_negatives(sim.T, same, generator)
         pair_ids = torch.cat([ids, ids[neg_text], ids])
@@ -390,10 +391,10 @@ def zero_shot_accuracy(model: MiniCLIP, tokenizer, images: torch.Tensor, scenes:
 def miniclip_config(profile: Profile) -> dict:
     "The mini-CLIP's training config for a profile (the GPU trains longer on bigger batches)."
     gpu = profile.name == "gpu"
-    return {"steps": 12000 if gpu else 3000, "batch_size": 256 if gpu else 128, "lr": 1e-3, "weight_decay": 0.05,
+    return {"steps": 5000 if gpu else 3000, "batch_size": 256 if gpu else 128, "lr": 1e-3, "weight_decay": 0.05,
             "warmup": 200, "embed_dim": 128, "image_width": 32, "text_dim": 128, "text_depth": 2, "num_heads": 4,
             "vocab_size": len(build_tokenizer()), "lang": "both", "image_size": profile.image_size,
-            "eval_size": 1000, "num_workers": 1, "seed": 0}
+            "eval_size": 1000, "num_workers": min(4, os.cpu_count() or 1) if gpu else 1, "seed": 0}
 
 
 def build_miniclip(config: dict) -> MiniCLIP:

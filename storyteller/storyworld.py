@@ -22,9 +22,9 @@ __all__ = ['BACKGROUNDS', 'SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'NAMES', 'R
            'SUPERSAMPLE', 'EN', 'ZH', 'LANGUAGES', 'N_TEMPLATES', 'SLOT_FIELDS', 'LABEL_NAMES', 'LABEL_CLASSES',
            'ATTRIBUTES', 'SPLIT_SIZES', 'SPECIAL_TOKENS', 'judge_recipe', 'Actor', 'Scene', 'sample_scene',
            'shape_polygon', 'render', 'to_tensor', 'actor_phrase', 'caption', 'scene_labels', 'scene_from_labels',
-           'scene_attributes', 'StoryWorldDataset', 'storyworld_loader', 'build_tokenizer', 'AttributeJudge',
-           'judge_loss', 'judge_accuracy', 'attributes_found', 'attribute_accuracy', 'evaluate_judge', 'judge_config',
-           'build_judge', 'train_judge']
+           'relation', 'scene_attributes', 'StoryWorldDataset', 'storyworld_loader', 'build_tokenizer',
+           'AttributeJudge', 'judge_loss', 'judge_accuracy', 'label_values', 'attributes_found', 'attribute_accuracy',
+           'evaluate_judge', 'judge_config', 'build_judge', 'train_judge']
 
 # %% ../nbs/00_storyworld.ipynb #0fd5f547
 BACKGROUNDS = ("meadow", "sky", "night", "desert", "sea", "forest")
@@ -251,6 +251,11 @@ def scene_from_labels(labels: Sequence[int]) -> Scene:
     return Scene(BACKGROUNDS[labels[0]], tuple(actors))
 
 
+def relation(scene: Scene) -> tuple[Actor, str, Actor] | None:
+    "The spatial relation a two-actor scene states, as (actor, 'left of', actor); None for one actor."
+    return (scene.actors[0], "left of", scene.actors[1]) if len(scene.actors) == 2 else None
+
+
 def scene_attributes(scene: Scene) -> list[tuple[str, str, str]]:
     "The facts a caption of `scene` asserts, as (attribute, position, value) triples."
     facts = [("background", "", scene.background)]
@@ -390,17 +395,28 @@ def judge_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
     return out
 
 
-def attributes_found(pred: torch.Tensor, scene: Scene) -> list[bool]:
-    "For each fact of `scene_attributes(scene)`, whether predicted label vector `pred` shows it."
-    seen = scene_from_labels(pred)
-    at = {a.position: a for a in seen.actors}
+def label_values(labels: Sequence[int]) -> dict[str, str]:
+    "A label vector as words, field by field ('none' for an empty slot); works for any vector a judge predicts."
+    labels = [int(v) for v in labels]
+    out = {"background": BACKGROUNDS[labels[0]]}
+    for i, position in enumerate(POSITIONS):
+        for k, (field, values) in enumerate(SLOT_FIELDS.items()):
+            value = labels[1 + 3 * i + k]
+            out[f"{position}_{field}"] = values[value - 1] if value else "none"
+    return out
+
+
+def attributes_found(pred: Sequence[int], scene: Scene) -> list[bool]:
+    "For each fact of `scene_attributes(scene)`, whether the predicted label vector `pred` shows it."
+    seen = label_values(pred)
     found = []
     for attribute, position, value in scene_attributes(scene):
         if attribute == "background":
-            found.append(seen.background == value)
+            found.append(seen["background"] == value)
+        elif attribute == "position":
+            found.append(seen[f"{position}_shape"] != "none")
         else:
-            actor = at.get(position)
-            found.append(actor is not None and (attribute == "position" or getattr(actor, attribute) == value))
+            found.append(seen[f"{position}_{attribute}"] == value)
     return found
 
 
