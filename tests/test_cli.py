@@ -1,10 +1,14 @@
 """The installed `storyteller` command, end to end."""
 import json
 import subprocess
+import sys
+from pathlib import Path
+
+STORYTELLER = Path(sys.executable).parent / "storyteller"  # the console script installed with this interpreter
 
 
 def run(*args, **kw):
-    return subprocess.run(["storyteller", *args], capture_output=True, text=True, **kw)
+    return subprocess.run([str(STORYTELLER), *args], capture_output=True, text=True, **kw)
 
 
 def test_train_writes_checkpoint_and_provenance(storyteller_home):

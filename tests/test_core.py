@@ -48,7 +48,7 @@ def test_train_model_records_provenance(tmp_path):
     assert set(on_disk["metrics"]) >= {"background", "shape", "colour", "size", "position"}
     again, _ = load_from("judge", tmp_path / "judge.safetensors")
     x = torch.rand(2, 3, 32, 32)
-    assert torch.equal(model.eval()(x)[0], again(x)[0])
+    assert torch.equal(model.cpu().eval()(x)[0], again.cpu()(x)[0])
 
 
 def test_shipped_checkpoint_with_wrong_config_is_reported(tmp_path, monkeypatch):
@@ -66,3 +66,20 @@ def test_fit_rejects_a_diverging_loss():
     data = [torch.ones(2)]
     with pytest.raises(FloatingPointError, match="loss became nan"):
         fit(nn.Linear(2, 1), lambda m, b: m(b).sum() * float("nan"), data, steps=2, progress=False)
+
+
+def test_a_config_that_cannot_build_the_model_names_the_provenance_file(tmp_path, monkeypatch):
+    import storyteller.core as core
+
+    train_model("judge", out=tmp_path / "judge.safetensors", steps=1, eval_size=16, num_workers=0)
+    prov = json.loads((tmp_path / "judge.json").read_text(encoding="utf-8"))
+    del prov["config"]["width"]
+    (tmp_path / "judge.json").write_text(json.dumps(prov), encoding="utf-8")
+    monkeypatch.setattr(core, "SHIPPED_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match=r"judge\.json: its config cannot build 'judge'.*width"):
+        load_shipped("judge")
+
+
+def test_shipped_files_are_readable_by_everyone(tmp_path):
+    path = save_checkpoint(nn.Linear(2, 2), tmp_path / "w.safetensors", {"name": "w"})
+    assert path.stat().st_mode & 0o044 == 0o044 and path.with_suffix(".json").stat().st_mode & 0o044 == 0o044

@@ -71,3 +71,15 @@ def test_padding_never_receives_attention():
     _, w = attn(q, ctx, pad, return_weights=True)
     assert w[0, ..., 2:].abs().max() == 0
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 2, 3))
+
+
+def test_padded_context_does_not_change_the_fused_output():
+    "On the default (scaled_dot_product_attention) path, whatever sits at padded positions is ignored."
+    torch.manual_seed(3)
+    attn = CrossModalAttention(16, 4).eval()
+    q, ctx = torch.randn(2, 3, 16), torch.randn(2, 6, 16)
+    pad = torch.tensor([[False, False, False, True, True, True], [False] * 5 + [True]])
+    noisy = ctx.clone()
+    noisy[pad] = 1e3 * torch.randn_like(noisy[pad])
+    torch.testing.assert_close(attn(q, noisy, pad), attn(q, ctx, pad), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(attn(q, noisy), attn(q, ctx))  # without the mask the noise would matter

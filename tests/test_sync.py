@@ -1,6 +1,7 @@
 """The package is exactly what nbdev_export makes of the notebooks."""
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,7 +12,7 @@ def test_export_leaves_no_diff(tmp_path):
     backup = tmp_path / "storyteller"
     shutil.copytree(ROOT / "storyteller", backup)
     try:
-        subprocess.run(["nbdev_export"], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run([str(Path(sys.executable).parent / "nbdev_export")], cwd=ROOT, check=True, capture_output=True)
         after = {p.relative_to(ROOT): p.read_bytes() for p in (ROOT / "storyteller").rglob("*.py")}
     finally:  # leave the tree as we found it, whatever the export did
         for p in (ROOT / "storyteller").rglob("*.py"):
