@@ -56,7 +56,7 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "cpu": Profile("cpu", image_size=32, batch_size=64, live_steps=150, eval_size=1000, own_results=False),
-    "gpu": Profile("gpu", image_size=64, batch_size=256, live_steps=4000, eval_size=5000, own_results=True),
+    "gpu": Profile("gpu", image_size=64, batch_size=256, live_steps=300, eval_size=5000, own_results=True),
 }
 
 

@@ -3,6 +3,7 @@
 Building the book executes every chapter notebook once: a failing assertion in any chapter fails
 this test. Deselect it with `-m "not book"` for a quick run.
 """
+import html
 import os
 import re
 import subprocess
@@ -60,7 +61,7 @@ def test_citations_and_offline_math(book):
     assert (book / "_static" / "mathjax" / "tex-chtml.js").exists()
     assert "cdn.jsdelivr.net/npm/mathjax" not in page
     bib = (book / "nbs" / "bibliography.html").read_text(encoding="utf-8")
-    assert "Learning Transferable Visual Models" in bib
+    assert "learning transferable visual models" in bib.lower()
 
 
 @pytest.mark.book
@@ -69,3 +70,10 @@ def test_eval_false_cells_are_shown_but_not_run(book):
     cells = page.split('<div class="cell ')
     [cell] = [c for c in cells if "clip_gpu_provenance" in c]
     assert "cell_output" not in cell
+
+
+@pytest.mark.book
+def test_results_tables_render_as_tables(book):
+    for name, row in (("00_storyworld", "background"), ("01_foundations", "text→image R@1")):
+        page = html.unescape((book / "nbs" / f"{name}.html").read_text(encoding="utf-8"))
+        assert re.search(rf"<td[^>]*>\s*(<p>)?{re.escape(row)}", page), f"{name}: results table not rendered as a table"
