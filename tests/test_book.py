@@ -1,7 +1,7 @@
 """Build the executed course book with warnings as errors, then check what a reader sees.
 
-Building the book executes every chapter notebook once: a failing assertion in any chapter fails
-this test. Deselect it with `-m "not book"` for a quick run.
+Building the book (`--all`, from scratch) executes every chapter notebook once: a failing
+assertion in any chapter fails this test. Deselect it with `-m "not book"` for a quick run.
 """
 import html
 import os
@@ -22,7 +22,9 @@ def book(tmp_path_factory):
     "Build the book once for this module: cpu profile, a scratch STORYTELLER_HOME, the current interpreter's tools."
     env = {**os.environ, "STORYTELLER_PROFILE": "cpu", "STORYTELLER_HOME": str(tmp_path_factory.mktemp("home"))}
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
-    result = subprocess.run([str(jupyter_book), "build", ".", "-W", "-n", "--keep-going"], cwd=ROOT,
+    # --all: Sphinx otherwise re-reads (and so re-executes) only notebooks whose source changed, and a
+    # change to the library alone would pass unexecuted
+    result = subprocess.run([str(jupyter_book), "build", ".", "--all", "-W", "-n", "--keep-going"], cwd=ROOT,
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0, f"book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
     return HTML
