@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import Profile, Recipe, fit, get_device, register_recipe
-from .storyworld import (ATTRIBUTES, BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Actor, Scene,
-                                    StoryWorldDataset, build_tokenizer, caption, scene_labels, storyworld_loader)
+from .storyworld import (BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Actor, Scene, StoryWorldDataset,
+                                    build_tokenizer, caption, storyworld_loader)
 
 # %% auto #0
 __all__ = ['MAX_LOGIT_SCALE', 'IGNORE_INDEX', 'ATTRIBUTE_VALUES', 'miniclip_recipe', 'l2_normalize', 'JointEmbeddingModel',

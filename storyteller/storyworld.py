@@ -7,7 +7,6 @@ import math
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
-from .core import (Profile, Recipe, fit, get_device, get_profile, register_recipe)
+from .core import Profile, Recipe, fit, get_device, register_recipe
 
 # %% auto #0
 __all__ = ['BACKGROUNDS', 'SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'NAMES', 'RGB', 'PALETTES', 'X_CENTRE', 'RADIUS',
