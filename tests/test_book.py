@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
-CHAPTERS = ["index", "00_storyworld", "01_foundations", "A1_core", "A2_cli"]
+CHAPTERS = ["index", "00_storyworld", "01_foundations", "02_vqvae", "A1_core", "A2_cli"]
 
 
 @pytest.fixture(scope="module")
