@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['Quantized', 'nearest_code', 'kmeans', 'VectorQuantizer']
+__all__ = ['Quantized', 'nearest_code', 'kmeans', 'VectorQuantizer', 'group_norm', 'ResnetBlock', 'AttnBlock', 'Downsample',
+           'Upsample', 'Encoder', 'Decoder', 'VQVAE']
 
 # %% ../nbs/02_vqvae.ipynb #7073ca61
 @dataclass
@@ -120,3 +121,138 @@ class VectorQuantizer(nn.Module):
         return Quantized(z_st.movedim(-1, 1).to(z.dtype), indices.view(z32.shape[:-1]),
                          codebook_loss + self.beta * commitment, codebook_loss, commitment, perplexity,
                          (counts > 0).float().mean())
+
+# %% ../nbs/02_vqvae.ipynb #58b0d521
+import math
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    "GroupNorm with up to 32 groups (as many as divide `channels`), eps 1e-6."
+    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
+
+
+class ResnetBlock(nn.Module):
+    "norm → SiLU → conv, twice, plus a (1×1 when the width changes) shortcut."
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.block = nn.Sequential(group_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
+                                   group_norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.block(x)
+
+
+class AttnBlock(nn.Module):
+    "Single-head self-attention over all positions of a feature map, with a residual connection."
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=-1)  # (B, HW, C) each
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    "Halve the resolution: pad one pixel right and bottom, then a stride-2 3×3 convolution."
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    "Double the resolution: nearest-neighbour, then a 3×3 convolution."
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _middle(channels: int, attention: bool) -> list[nn.Module]:
+    return [ResnetBlock(channels, channels)] + ([AttnBlock(channels)] if attention else []) + \
+        [ResnetBlock(channels, channels)]
+
+
+class Encoder(nn.Module):
+    "Images `(B, 3, S, S)` in [-1, 1] -> latents `(B, z_dim, S / 2^(len(ch_mult)-1), ...)`."
+
+    def __init__(self, ch: int = 64, ch_mult: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1,
+                 z_dim: int = 64, attention: bool = True, in_channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ch, 3, padding=1)]
+        c = ch
+        for level, mult in enumerate(ch_mult):
+            for _ in range(num_res_blocks):
+                layers.append(ResnetBlock(c, ch * mult)); c = ch * mult
+            if level < len(ch_mult) - 1:
+                layers.append(Downsample(c))
+        layers += _middle(c, attention) + [group_norm(c), nn.SiLU(), nn.Conv2d(c, z_dim, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    "Latents `(B, z_dim, h, w)` -> images `(B, 3, h·2^(len(ch_mult)-1), ...)` in about [-1, 1]; mirrors `Encoder`."
+
+    def __init__(self, ch: int = 64, ch_mult: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1,
+                 z_dim: int = 64, attention: bool = True, out_channels: int = 3):
+        super().__init__()
+        c = ch * ch_mult[-1]
+        layers: list[nn.Module] = [nn.Conv2d(z_dim, c, 3, padding=1)] + _middle(c, attention)
+        for level, mult in reversed(list(enumerate(ch_mult))):
+            for _ in range(num_res_blocks):
+                layers.append(ResnetBlock(c, ch * mult)); c = ch * mult
+            if level > 0:
+                layers.append(Upsample(c))
+        layers += [group_norm(c), nn.SiLU()]
+        self.net = nn.Sequential(*layers)
+        self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)  # the "last layer" VQGAN's adaptive weight uses
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.net(z))
+
+# %% ../nbs/02_vqvae.ipynb #4868b4d9
+class VQVAE(nn.Module):
+    "Encoder → vector quantizer → decoder, on images in [0, 1]."
+
+    def __init__(self, ch: int = 64, ch_mult: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1,
+                 z_dim: int = 64, num_codes: int = 512, code_dim: int = 64, attention: bool = True, **quantizer):
+        super().__init__()
+        self.encoder = Encoder(ch, ch_mult, num_res_blocks, z_dim, attention)
+        self.pre_quant = nn.Conv2d(z_dim, code_dim, 1)
+        self.quantizer = VectorQuantizer(num_codes, code_dim, **quantizer)
+        self.post_quant = nn.Conv2d(code_dim, z_dim, 1)
+        self.decoder = Decoder(ch, ch_mult, num_res_blocks, z_dim, attention)
+
+    def encode(self, images: torch.Tensor) -> Quantized:
+        "Quantized latents and code indices `(B, h, w)` of images in [0, 1]."
+        return self.quantizer(self.pre_quant(self.encoder(images * 2 - 1)))
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        "Images (about [0, 1]; not clamped, for the loss) from quantized latents."
+        return (self.decoder(self.post_quant(z_q)) + 1) / 2
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        "Images from a grid of code indices `(B, h, w)`."
+        return self.decode(self.quantizer.codebook[indices].movedim(-1, 1))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, Quantized]:
+        "Reconstructions and the quantizer's output."
+        q = self.encode(images)
+        return self.decode(q.z_q), q
