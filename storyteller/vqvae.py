@@ -3,6 +3,7 @@
 # %% ../nbs/02_vqvae.ipynb #e4c8e9b5
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -123,9 +124,6 @@ class VectorQuantizer(nn.Module):
                          (counts > 0).float().mean())
 
 # %% ../nbs/02_vqvae.ipynb #58b0d521
-import math
-
-
 def group_norm(channels: int) -> nn.GroupNorm:
     "GroupNorm with up to 32 groups (as many as divide `channels`), eps 1e-6."
     return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
