@@ -295,7 +295,7 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {}
-RECIPE_MODULES = ("storyteller.storyworld", "storyteller.foundations")
+RECIPE_MODULES = ("storyteller.storyworld", "storyteller.foundations", "storyteller.vqvae")
 
 
 def register_recipe(recipe: Recipe) -> Recipe:

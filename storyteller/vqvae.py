@@ -4,15 +4,21 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .core import Profile, Recipe, fit, get_device, load_shipped, register_recipe
+from .foundations import load_split
+from .storyworld import AttributeJudge, attribute_accuracy, storyworld_loader
+
 # %% auto #0
-__all__ = ['Quantized', 'nearest_code', 'kmeans', 'VectorQuantizer', 'group_norm', 'ResnetBlock', 'AttnBlock', 'Downsample',
-           'Upsample', 'Encoder', 'Decoder', 'VQVAE']
+__all__ = ['vqvae_recipe', 'Quantized', 'nearest_code', 'kmeans', 'code_perplexity', 'VectorQuantizer', 'group_norm',
+           'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder', 'Decoder', 'VQVAE', 'psnr', 'vqvae_loss',
+           'reconstruct', 'codebook_stats', 'evaluate_vqvae', 'vqvae_config', 'build_vqvae', 'train_vqvae']
 
 # %% ../nbs/02_vqvae.ipynb #7073ca61
 @dataclass
@@ -27,7 +33,7 @@ class Quantized:
     usage: torch.Tensor  # share of codes used in the batch
 
 
-def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 65536) -> torch.Tensor:
+def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 16384) -> torch.Tensor:
     "Index of the nearest (squared-l2) row of `codebook` (K, D) for each row of `z` (N, D), in chunks of rows."
     e_sq = codebook.pow(2).sum(1)
     return torch.cat([torch.addmm(e_sq, part, codebook.T, alpha=-2.0).argmin(1)  # |z|² is constant per row
@@ -47,12 +53,18 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator 
     return centres, sizes
 
 
+def code_perplexity(counts: torch.Tensor) -> torch.Tensor:
+    "exp(entropy) of a code distribution given as counts: K when all K codes are used equally, 1 for a single code."
+    p = counts.float() / counts.sum()
+    return torch.exp(-(p * p.clamp(min=1e-10).log()).sum())
+
+
 class VectorQuantizer(nn.Module):
     "Nearest-code quantization with straight-through gradients; EMA codebook, k-means init and dead-code restart."
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, ema: bool = False, decay: float = 0.99,
                  eps: float = 1e-5, kmeans_init: bool = False, kmeans_iters: int = 10,
-                 dead_code_threshold: float = 0.0, distance: str = "l2", chunk_size: int = 65536):
+                 dead_code_threshold: float = 0.0, distance: str = "l2", chunk_size: int = 16384):
         super().__init__()
         if distance not in ("l2", "cosine"):
             raise ValueError(f"distance must be 'l2' or 'cosine', got {distance!r}")
@@ -117,8 +129,7 @@ class VectorQuantizer(nn.Module):
             commitment = F.mse_loss(z32, z_q.detach())
             codebook_loss = torch.zeros_like(commitment) if self.ema else F.mse_loss(z_q, z32.detach())
             z_st = z32 + (z_q - z32).detach()
-            probs = counts / counts.sum()
-            perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum())
+            perplexity = code_perplexity(counts)
         return Quantized(z_st.movedim(-1, 1).to(z.dtype), indices.view(z32.shape[:-1]),
                          codebook_loss + self.beta * commitment, codebook_loss, commitment, perplexity,
                          (counts > 0).float().mean())
@@ -254,3 +265,77 @@ class VQVAE(nn.Module):
         "Reconstructions and the quantizer's output."
         q = self.encode(images)
         return self.decode(q.z_q), q
+
+# %% ../nbs/02_vqvae.ipynb #f4ad81b6
+def psnr(reconstructions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    "Peak signal-to-noise ratio in dB of each image `(B, 3, H, W)` in [0, 1]; reconstructions are clamped first."
+    mse = (reconstructions.float().clamp(0, 1) - images.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp(min=1e-10))
+
+
+def vqvae_loss(model: VQVAE, batch: dict) -> tuple[torch.Tensor, dict]:
+    "A `fit` loss: pixel MSE plus the quantizer's loss; logs the MSE and the batch's code perplexity and usage."
+    images = batch["image"]
+    recon, q = model(images)
+    mse = F.mse_loss(recon.float(), images)
+    return mse + q.loss, {"mse": mse.item(), "perplexity": q.perplexity.item(), "usage": q.usage.item()}
+
+
+@torch.no_grad()
+def reconstruct(model: VQVAE, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    "Reconstructions clamped to [0, 1] and code indices `(B, h, w)` of `images`, computed in eval mode."
+    model.eval()
+    device = next(model.parameters()).device
+    recons, indices = [], []
+    for part in images.split(batch_size):
+        recon, q = model(part.to(device))
+        recons.append(recon.float().clamp(0, 1).cpu()); indices.append(q.indices.cpu())
+    return torch.cat(recons), torch.cat(indices)
+
+
+def codebook_stats(indices: torch.Tensor, num_codes: int) -> dict[str, float]:
+    "Share of the `num_codes` codes used anywhere in `indices`, and the perplexity of their distribution."
+    counts = torch.bincount(indices.flatten(), minlength=num_codes)
+    return {"usage": (counts > 0).float().mean().item(), "perplexity": code_perplexity(counts).item()}
+
+
+def evaluate_vqvae(model: VQVAE, n: int = 1000, image_size: int = 32,
+                   judge: AttributeJudge | None = None) -> dict[str, float]:
+    "PSNR, codebook usage and perplexity on `n` test images, and the judge's attribute accuracy on the reconstructions."
+    test = load_split("test", n, "en", image_size=image_size)
+    recon, indices = reconstruct(model, test["image"])
+    judge = judge if judge is not None else load_shipped("judge")[0]
+    return {"psnr": psnr(recon, test["image"]).mean().item(), **codebook_stats(indices, model.quantizer.num_codes),
+            "judge accuracy": attribute_accuracy(judge, recon, test["scene"])}
+
+# %% ../nbs/02_vqvae.ipynb #0ebae7be
+def vqvae_config(profile: Profile) -> dict:
+    "The VQ-VAE's config: 512 codes on an 8×8 token grid at the profile's image size, EMA + k-means + restart."
+    gpu = profile.name == "gpu"
+    halvings = int(math.log2(profile.image_size // 8))
+    return {"steps": 6000 if gpu else 3000, "batch_size": 64 if gpu else 32, "lr": 1e-3, "warmup": 100,
+            "ch": 64 if gpu else 32, "ch_mult": [1] + [2] * halvings, "num_res_blocks": 1, "z_dim": 64,
+            "num_codes": 512, "code_dim": 32, "beta": 0.25, "ema": True, "decay": 0.99, "kmeans_init": True,
+            "dead_code_threshold": 1.0, "image_size": profile.image_size, "eval_size": 1000,
+            "num_workers": min(4, os.cpu_count() or 1) if gpu else 1, "seed": 0}
+
+
+def build_vqvae(config: dict) -> VQVAE:
+    "An untrained `VQVAE` sized by `config`."
+    return VQVAE(config["ch"], tuple(config["ch_mult"]), config["num_res_blocks"], config["z_dim"],
+                 config["num_codes"], config["code_dim"], beta=config["beta"], ema=config["ema"],
+                 decay=config["decay"], kmeans_init=config["kmeans_init"],
+                 dead_code_threshold=config["dead_code_threshold"])
+
+
+def train_vqvae(model: VQVAE, config: dict, progress: bool = True) -> dict:
+    "Train `model` on StoryWorld as `config` says; return its test metrics (`evaluate_vqvae`)."
+    loader = storyworld_loader("train", batch_size=config["batch_size"], seed=config["seed"],
+                               image_size=config["image_size"], num_workers=config["num_workers"])
+    fit(model.to(get_device()), vqvae_loss, loader, config["steps"], lr=config["lr"], warmup=config["warmup"],
+        progress=progress, desc="VQ-VAE")
+    return evaluate_vqvae(model, config["eval_size"], config["image_size"])
+
+
+vqvae_recipe = register_recipe(Recipe("vqvae", build_vqvae, train_vqvae, vqvae_config, ship_steps=3000,
+                                      description="VQ-VAE on StoryWorld: 8×8 tokens, 512 codes, EMA + k-means + restart"))
