@@ -295,7 +295,7 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {}
-RECIPE_MODULES = ("storyteller.storyworld", "storyteller.foundations", "storyteller.vqvae")
+RECIPE_MODULES = ("storyteller.storyworld", "storyteller.foundations", "storyteller.vqvae", "storyteller.vqgan")
 
 
 def register_recipe(recipe: Recipe) -> Recipe:

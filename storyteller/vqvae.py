@@ -17,8 +17,9 @@ from .storyworld import AttributeJudge, attribute_accuracy, storyworld_loader
 
 # %% auto #0
 __all__ = ['vqvae_recipe', 'Quantized', 'nearest_code', 'kmeans', 'code_perplexity', 'VectorQuantizer', 'group_norm',
-           'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder', 'Decoder', 'VQVAE', 'psnr', 'vqvae_loss',
-           'reconstruct', 'codebook_stats', 'evaluate_vqvae', 'vqvae_config', 'build_vqvae', 'train_vqvae']
+           'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder', 'Decoder', 'VQVAE', 'psnr',
+           'edge_sharpness', 'vqvae_loss', 'reconstruct', 'codebook_stats', 'evaluate_vqvae', 'vqvae_config',
+           'build_vqvae', 'train_vqvae']
 
 # %% ../nbs/02_vqvae.ipynb #7073ca61
 @dataclass
@@ -273,6 +274,14 @@ def psnr(reconstructions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / mse.clamp(min=1e-10))
 
 
+def edge_sharpness(reconstructions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    "Mean gradient magnitude of each reconstruction relative to its original's: 1 is as sharp, below 1 blurrier."
+    def gradient(x):
+        x = x.float()
+        return ((x[..., 1:, :-1] - x[..., :-1, :-1]).abs() + (x[..., :-1, 1:] - x[..., :-1, :-1]).abs()).flatten(1).mean(1)
+    return gradient(reconstructions.clamp(0, 1)) / gradient(images).clamp(min=1e-8)
+
+
 def vqvae_loss(model: VQVAE, batch: dict) -> tuple[torch.Tensor, dict]:
     "A `fit` loss: pixel MSE plus the quantizer's loss; logs the MSE and the batch's code perplexity and usage."
     images = batch["image"]
@@ -301,11 +310,12 @@ def codebook_stats(indices: torch.Tensor, num_codes: int) -> dict[str, float]:
 
 def evaluate_vqvae(model: VQVAE, n: int = 1000, image_size: int = 32,
                    judge: AttributeJudge | None = None) -> dict[str, float]:
-    "PSNR, codebook usage and perplexity on `n` test images, and the judge's attribute accuracy on the reconstructions."
+    "PSNR, edge sharpness, codebook usage and perplexity on `n` test images, and the judge's accuracy on reconstructions."
     test = load_split("test", n, "en", image_size=image_size)
     recon, indices = reconstruct(model, test["image"])
     judge = judge if judge is not None else load_shipped("judge")[0]
-    return {"psnr": psnr(recon, test["image"]).mean().item(), **codebook_stats(indices, model.quantizer.num_codes),
+    return {"psnr": psnr(recon, test["image"]).mean().item(),
+            "sharpness": edge_sharpness(recon, test["image"]).mean().item(), **codebook_stats(indices, model.quantizer.num_codes),
             "judge accuracy": attribute_accuracy(judge, recon, test["scene"])}
 
 # %% ../nbs/02_vqvae.ipynb #0ebae7be

@@ -4,6 +4,7 @@ import pytest
 from storyteller.core import SHIPPED_DIR, load_shipped
 from storyteller.foundations import evaluate_miniclip
 from storyteller.storyworld import evaluate_judge
+from storyteller.vqvae import evaluate_vqvae
 
 JUDGE_TARGET = 0.99
 
@@ -25,8 +26,24 @@ def test_shipped_miniclip_matches_its_provenance():
     assert scores["text→image R@5"] > 0.5 and scores["zero-shot mean"] > 0.5, scores
 
 
+@pytest.mark.parametrize("name", ["vqvae", "vqgan"])
+def test_shipped_vq_models_match_their_provenance(name):
+    model, provenance = load_shipped(name)
+    scores = evaluate_vqvae(model, n=provenance["config"]["eval_size"], image_size=provenance["config"]["image_size"])
+    for metric, value in scores.items():
+        if metric in provenance["metrics"]:
+            assert value == pytest.approx(provenance["metrics"][metric], rel=0.01, abs=0.01), metric
+    assert scores["psnr"] > 20 and scores["judge accuracy"] > 0.8, scores
+
+
+def test_shipped_vqgan_trained_as_long_as_the_vqvae():
+    "Chapter 3 compares the two at equal steps on the same data and architecture."
+    vqvae, vqgan = (load_shipped(name)[1]["config"] for name in ("vqvae", "vqgan"))
+    assert all(vqgan[key] == value for key, value in vqvae.items()), "vqgan's config departs from vqvae's"
+
+
 def test_every_shipped_checkpoint_has_provenance():
     shipped = sorted(SHIPPED_DIR.glob("*.safetensors"))
-    assert {p.stem for p in shipped} >= {"judge", "miniclip"}
+    assert {p.stem for p in shipped} >= {"judge", "miniclip", "vqvae", "vqgan"}
     for path in shipped:
         assert path.with_suffix(".json").exists(), path

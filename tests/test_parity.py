@@ -1,4 +1,5 @@
-"""Parity with reference implementations: transformers' CLIP loss, PyTorch's multi-head attention."""
+"""Parity with reference implementations: transformers' CLIP loss, PyTorch's multi-head attention,
+vector-quantize-pytorch's EMA codebook."""
 import math
 
 import pytest
@@ -83,3 +84,28 @@ def test_padded_context_does_not_change_the_fused_output():
     noisy[pad] = 1e3 * torch.randn_like(noisy[pad])
     torch.testing.assert_close(attn(q, noisy, pad), attn(q, ctx, pad), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(attn(q, noisy), attn(q, ctx))  # without the mask the noise would matter
+
+
+@pytest.mark.parametrize("decay", [0.8, 0.99])
+def test_ema_codebook_matches_vector_quantize_pytorch(decay):
+    "Same codebook, same batch: the same nearest codes, and the same EMA statistics and codebook after the update."
+    from vector_quantize_pytorch import VectorQuantize
+
+    from storyteller.vqvae import VectorQuantizer
+
+    torch.manual_seed(0)
+    ours = VectorQuantizer(64, 8, ema=True, decay=decay).train()
+    theirs = VectorQuantize(dim=8, codebook_size=64, decay=decay, commitment_weight=0.25,
+                            accept_image_fmap=True).train()
+    with torch.no_grad():
+        theirs._codebook.embed.copy_(ours.codebook[None])
+        theirs._codebook.embed_avg.copy_(ours.embed_sum[None])
+        theirs._codebook.cluster_size.copy_(ours.cluster_size[None])
+    for _ in range(3):  # a few updates, so the statistics diverge from their start
+        z = torch.randn(4, 8, 6, 6)
+        _, their_indices, _ = theirs(z)
+        out = ours(z)
+        assert torch.equal(out.indices, their_indices)
+        torch.testing.assert_close(ours.cluster_size, theirs._codebook.cluster_size[0])
+        torch.testing.assert_close(ours.embed_sum, theirs._codebook.embed_avg[0])
+        torch.testing.assert_close(ours.codebook, theirs._codebook.embed[0])
