@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (History, Profile, Recipe, cycle, default_mixed_precision, get_device, load_shipped,
-                              register_recipe, warmup_cosine)
+from .core import (History, Profile, Recipe, cycle, default_mixed_precision, load_shipped, register_recipe,
+                              warmup_cosine)
 from .storyworld import storyworld_loader
 from .vqvae import VQVAE, evaluate_vqvae, vqvae_config
 
