@@ -22,8 +22,8 @@ __all__ = ['BACKGROUNDS', 'SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'NAMES', 'R
            'ATTRIBUTES', 'SPLIT_SIZES', 'SPECIAL_TOKENS', 'judge_recipe', 'Actor', 'Scene', 'sample_scene',
            'shape_polygon', 'render', 'to_tensor', 'actor_phrase', 'caption', 'scene_labels', 'scene_from_labels',
            'relation', 'scene_attributes', 'StoryWorldDataset', 'storyworld_loader', 'build_tokenizer',
-           'AttributeJudge', 'judge_loss', 'judge_accuracy', 'label_values', 'attributes_found', 'attribute_accuracy',
-           'evaluate_judge', 'judge_config', 'build_judge', 'train_judge']
+           'AttributeJudge', 'judge_loss', 'judge_accuracy', 'label_values', 'attributes_found', 'fact_scores',
+           'attribute_scores', 'attribute_accuracy', 'evaluate_judge', 'judge_config', 'build_judge', 'train_judge']
 
 # %% ../nbs/00_storyworld.ipynb #0fd5f547
 BACKGROUNDS = ("meadow", "sky", "night", "desert", "sea", "forest")
@@ -419,13 +419,29 @@ def attributes_found(pred: Sequence[int], scene: Scene) -> list[bool]:
     return found
 
 
-def attribute_accuracy(judge: AttributeJudge, images: torch.Tensor, scenes: Sequence[Scene]) -> float:
-    "The share of the facts each scene's caption asserts that the judge finds in its image."
+def fact_scores(preds: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, float]:
+    "Share of the scenes' facts that the predicted label vectors show, per kind (background, position, shape, colour, size) and overall."
+    found: dict[str, list[bool]] = {}
+    for row, scene in zip(preds, scenes, strict=True):
+        for (kind, _, _), ok in zip(scene_attributes(scene), attributes_found(row, scene)):
+            found.setdefault(kind, []).append(ok)
+    scores = {kind: sum(oks) / len(oks) for kind, oks in found.items()}
+    every = [ok for oks in found.values() for ok in oks]
+    return {**scores, "overall": sum(every) / len(every)}
+
+
+@torch.no_grad()
+def attribute_scores(judge: AttributeJudge, images: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, float]:
+    "`fact_scores` of what the judge reads in `images`: how much of each scene's caption the pictures show, per attribute."
     judge.eval()
     device = next(judge.parameters()).device
-    pred = torch.cat([judge.predict(images[i:i + 256].to(device)).cpu() for i in range(0, len(images), 256)])
-    found = [f for row, scene in zip(pred, scenes) for f in attributes_found(row, scene)]
-    return sum(found) / len(found)
+    preds = torch.cat([judge.predict(part.to(device)).cpu() for part in images.split(256)])
+    return fact_scores(preds, scenes)
+
+
+def attribute_accuracy(judge: AttributeJudge, images: torch.Tensor, scenes: Sequence[Scene]) -> float:
+    "The share of the facts each scene's caption asserts that the judge finds in its image (all kinds together)."
+    return attribute_scores(judge, images, scenes)["overall"]
 
 
 @torch.no_grad()

@@ -18,8 +18,8 @@ from .storyworld import AttributeJudge, attribute_accuracy, storyworld_loader
 # %% auto #0
 __all__ = ['vqvae_recipe', 'Quantized', 'nearest_code', 'kmeans', 'code_perplexity', 'VectorQuantizer', 'group_norm',
            'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder', 'Decoder', 'VQVAE', 'psnr',
-           'edge_sharpness', 'vqvae_loss', 'reconstruct', 'codebook_stats', 'evaluate_vqvae', 'vqvae_config',
-           'build_vqvae', 'train_vqvae']
+           'image_gradient', 'gradient_energy', 'edge_sharpness', 'vqvae_loss', 'reconstruct', 'codebook_stats',
+           'evaluate_vqvae', 'vqvae_config', 'build_vqvae', 'train_vqvae']
 
 # %% ../nbs/02_vqvae.ipynb #7073ca61
 @dataclass
@@ -274,12 +274,22 @@ def psnr(reconstructions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / mse.clamp(min=1e-10))
 
 
-def edge_sharpness(reconstructions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    "Mean gradient magnitude of each reconstruction relative to its original's: 1 is as sharp, below 1 blurrier."
-    def gradient(x):
-        x = x.float()
-        return ((x[..., 1:, :-1] - x[..., :-1, :-1]).abs() + (x[..., :-1, 1:] - x[..., :-1, :-1]).abs()).flatten(1).mean(1)
-    return gradient(reconstructions.clamp(0, 1)) / gradient(images).clamp(min=1e-8)
+def image_gradient(images: torch.Tensor) -> torch.Tensor:
+    "Gradient magnitude `(B, H-1, W-1)`: |horizontal| + |vertical| neighbour differences, summed over channels."
+    x = images.float()
+    return ((x[..., 1:, :-1] - x[..., :-1, :-1]).abs() + (x[..., :-1, 1:] - x[..., :-1, :-1]).abs()).sum(1)
+
+
+def gradient_energy(reconstructions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    "Mean gradient magnitude of each reconstruction over its original's: below 1 smoother, above 1 added detail or noise."
+    return image_gradient(reconstructions.clamp(0, 1)).mean((1, 2)) / image_gradient(images).mean((1, 2)).clamp(min=1e-8)
+
+
+def edge_sharpness(reconstructions: torch.Tensor, images: torch.Tensor, edge_share: float = 0.1) -> torch.Tensor:
+    "Gradient kept at each original's edges (its top `edge_share` of gradient magnitudes), over the original's there: 1 is as crisp."
+    g_rec, g_img = image_gradient(reconstructions.clamp(0, 1)).flatten(1), image_gradient(images).flatten(1)
+    edges = g_img >= g_img.quantile(1 - edge_share, dim=1, keepdim=True)
+    return (g_rec * edges).sum(1) / (g_img * edges).sum(1).clamp(min=1e-8)
 
 
 def vqvae_loss(model: VQVAE, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -310,12 +320,14 @@ def codebook_stats(indices: torch.Tensor, num_codes: int) -> dict[str, float]:
 
 def evaluate_vqvae(model: VQVAE, n: int = 1000, image_size: int = 32,
                    judge: AttributeJudge | None = None) -> dict[str, float]:
-    "PSNR, edge sharpness, codebook usage and perplexity on `n` test images, and the judge's accuracy on reconstructions."
+    "PSNR, edge sharpness, gradient energy, codebook usage and perplexity on `n` test images, and the judge's accuracy on reconstructions."
     test = load_split("test", n, "en", image_size=image_size)
     recon, indices = reconstruct(model, test["image"])
     judge = judge if judge is not None else load_shipped("judge")[0]
     return {"psnr": psnr(recon, test["image"]).mean().item(),
-            "sharpness": edge_sharpness(recon, test["image"]).mean().item(), **codebook_stats(indices, model.quantizer.num_codes),
+            "edge sharpness": edge_sharpness(recon, test["image"]).mean().item(),
+            "gradient energy": gradient_energy(recon, test["image"]).mean().item(),
+            **codebook_stats(indices, model.quantizer.num_codes),
             "judge accuracy": attribute_accuracy(judge, recon, test["scene"])}
 
 # %% ../nbs/02_vqvae.ipynb #0ebae7be
