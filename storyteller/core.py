@@ -127,11 +127,12 @@ def default_mixed_precision() -> str:
 def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterable, steps: int, *,
         lr: float = 1e-3, weight_decay: float = 0.0, warmup: int = 0, max_grad_norm: float | None = 1.0,
         grad_accum: int = 1, mixed_precision: str | None = None, progress: bool = True,
-        desc: str = "train") -> History:
+        desc: str = "train", callback: Callable[[int], None] | None = None) -> History:
     """Train `model` for `steps` optimiser steps of `loss_fn(model, batch)` over `data`; return the `History`.
 
-    The model ends on the training device, in eval mode. Mixed precision is fixed once per process (accelerate's
-    rule); multi-GPU data parallelism needs a `loss_fn` that calls `model(...)` rather than its submodules."""
+    `callback(step)` runs after every optimiser step (an EMA of the weights, say). The model ends on the training
+    device, in eval mode. Mixed precision is fixed once per process (accelerate's rule); multi-GPU data parallelism
+    needs a `loss_fn` that calls `model(...)` rather than its submodules."""
     from accelerate import Accelerator
     from accelerate.utils import send_to_device
     from tqdm.auto import tqdm
@@ -148,7 +149,7 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterab
     prepared.train()
     start = time.perf_counter()
     bar = tqdm(range(steps), desc=desc, disable=not progress)
-    for _ in bar:
+    for step in bar:
         for _ in range(grad_accum):
             with accelerator.accumulate(prepared), accelerator.autocast():
                 out = loss_fn(prepared, send_to_device(next(batches), accelerator.device))
@@ -161,6 +162,8 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterab
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         schedule.step()
+        if callback is not None:
+            callback(step)
         history.losses.append(loss.item())
         for key, value in logs.items():
             history.logs.setdefault(key, []).append(float(value))
@@ -295,7 +298,8 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {}
-RECIPE_MODULES = ("storyteller.storyworld", "storyteller.foundations", "storyteller.vqvae", "storyteller.vqgan")
+RECIPE_MODULES = ("storyteller.storyworld", "storyteller.foundations", "storyteller.vqvae", "storyteller.vqgan",
+                  "storyteller.diffusion", "storyteller.dit")
 
 
 def register_recipe(recipe: Recipe) -> Recipe:

@@ -24,7 +24,7 @@ def test_bad_requests_are_clear_errors():
     result = run("train", "judge", "--set", "lr")
     assert result.returncode == 2 and "--set expects KEY=VALUE" in result.stderr
     result = run("train", "unicorn")
-    assert result.returncode == 2 and "no recipe named 'unicorn'; known recipes: judge, miniclip" in result.stderr
+    assert result.returncode == 2 and "no recipe named 'unicorn'; known recipes: dit, judge, miniclip, unet" in result.stderr
 
 
 def test_list_shows_shipped_provenance():
