@@ -15,28 +15,13 @@ FLOPs utilisation (MFU: 6·N·tokens FLOPs per step over the GPU's dense bf16 pe
 """
 import argparse
 import contextlib
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 from storyteller.dit import DiT
-
-
-def median_seconds(fn, device: torch.device, repeats: int) -> float:
-    times = []
-    for i in range(repeats + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def main(argv=None) -> int:

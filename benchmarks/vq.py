@@ -13,14 +13,13 @@ The ratio column is ours / theirs: below 1 is better. Not part of CI.
 """
 import argparse
 import ctypes
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from storyteller.vqvae import VectorQuantizer
+from timing import median_seconds
 
 
 def _rss_kib(field: str) -> int:
@@ -42,20 +41,6 @@ def peak_extra_mib(step, device: torch.device) -> float:
     base = _rss_kib("VmRSS")
     step()
     return (_rss_kib("VmHWM") - base) / 1024
-
-
-def median_ms(step, device: torch.device, repeats: int) -> float:
-    times = []
-    for i in range(repeats + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def main(argv=None) -> int:
@@ -96,7 +81,7 @@ def main(argv=None) -> int:
         (z_q.pow(2).mean() + loss.sum()).backward()
 
     steps = {"storyteller": step_ours, "vector-quantize-pytorch": step_theirs}
-    time_ms = {name: median_ms(step, device, args.repeats) for name, step in steps.items()}
+    time_ms = {name: 1000 * median_seconds(step, device, args.repeats) for name, step in steps.items()}
     memory = {name: [] for name in steps}
     for _ in range(3):  # alternate, and keep each one's lowest reading
         for name, step in steps.items():
