@@ -509,7 +509,7 @@ def load_text_encoder(model: TextToImage, config: dict) -> None:
     "Put the weights of the profile's mini-CLIP text encoder (shipped, or the reader's own) into `model`."
     clip, provenance = results_model("miniclip", PROFILES[config["profile"]])
     if provenance["config"] != config["text"]:
-        raise ValueError(f"the mini-CLIP at hand was trained with another config than this recipe's 'text' entry")
+        raise ValueError("the mini-CLIP at hand was trained with another config than this recipe's 'text' entry")
     model.text_encoder.load_state_dict(clip.text_encoder.state_dict())
 
 
