@@ -19,3 +19,16 @@ def median_seconds(step: Callable[[], object], device: torch.device, repeats: in
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def paired_median_seconds(step_a: Callable[[], object], step_b: Callable[[], object], device: torch.device,
+                          repeats: int, warmup: int = 2) -> tuple[float, float]:
+    "Median seconds of `step_a` and of `step_b`, timed in alternation so that drifts in machine speed hit both alike."
+    a, b = [], []
+    for i in range(warmup + repeats):
+        ta = median_seconds(step_a, device, 1, warmup=0)
+        tb = median_seconds(step_b, device, 1, warmup=0)
+        if i >= warmup:
+            a.append(ta)
+            b.append(tb)
+    return statistics.median(a), statistics.median(b)

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
-CHAPTERS = ["index", "00_storyworld", "01_foundations", "02_vqvae", "03_vqgan", "04_diffusion", "05_dit", "A1_core",
+CHAPTERS = ["index", "00_storyworld", "01_foundations", "02_vqvae", "03_vqgan", "04_diffusion", "05_dit", "06_lora", "A1_core",
             "A2_cli"]
 
 
@@ -79,6 +79,7 @@ def test_eval_false_cells_are_shown_but_not_run(book):
 def test_results_tables_render_as_tables(book):
     for name, row in (("00_storyworld", "background"), ("00_storyworld", "64×64"), ("01_foundations", "text→image R@1"),
                       ("02_vqvae", "codebook usage"), ("02_vqvae", "EMA + k-means + restart"),
-                      ("03_vqgan", "edge sharpness"), ("04_diffusion", "ddpm-1000"), ("05_dit", "latent DiT")):
+                      ("03_vqgan", "edge sharpness"), ("04_diffusion", "ddpm-1000"), ("05_dit", "latent DiT"),
+                      ("06_lora", "all-linear"), ("06_lora", "Pip")):
         page = html.unescape((book / "nbs" / f"{name}.html").read_text(encoding="utf-8"))
         assert re.search(rf"<td[^>]*>\s*(<p>)?{re.escape(row)}", page), f"{name}: results table not rendered as a table"
