@@ -8,6 +8,7 @@ import math
 import random
 import re
 import statistics
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,8 +21,8 @@ from torch import nn
 from .core import History, _atomic_write, fit, to_pil
 from .diffusion import TextToImage
 from .storyworld import (BACKGROUNDS, EN, POSITIONS, Actor, AttributeJudge, Scene, StoryWorldDataset,
-                                    attributes_found, build_tokenizer, fact_scores, render, scene_attributes,
-                                    to_tensor)
+                                    attributes_found, build_tokenizer, fact_scores, judge_predictions, render,
+                                    scene_attributes, to_tensor)
 
 # %% auto #0
 __all__ = ['ALL_LINEAR', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'PEFT_PREFIX', 'CLIP_BASE', 'BLIP2_OPT', 'LoRALinear',
@@ -29,8 +30,8 @@ __all__ = ['ALL_LINEAR', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'PEFT_PREFIX', 'CL
            'merge_lora', 'unmerge_lora', 'lora_disabled', 'lora_state_dict', 'save_adapter', 'read_adapter_config',
            'load_adapter', 'save_tiny_clip', 'save_tiny_blip2', 'load_pretrained', 'storyworld_pairs',
            'processor_loader', 'hf_loss', 'clip_retrieval', 'clip_base_config', 'blip2_opt_config', 'meta_model',
-           'training_footprint', 'Character', 'character_caption', 'character_prompts', 'character_examples',
-           'character_loader', 'teach_character', 'character_scores']
+           'training_footprint', 'footprint_in_fresh_process', 'Character', 'character_caption', 'character_prompts',
+           'character_examples', 'character_loader', 'teach_character', 'character_scores']
 
 # %% ../nbs/06_lora.ipynb #c5d48eb0
 class LoRALinear(nn.Module):
@@ -449,6 +450,49 @@ def training_footprint(model: nn.Module, loss_fn: Callable[[nn.Module, dict], to
         out["peak MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
 
+
+def _rss_mib() -> tuple[float, float]:
+    "This process's resident memory now and its peak so far, in MiB (Linux)."
+    import resource
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+def _footprint_worker() -> None:
+    "The child of `footprint_in_fresh_process`: load the CLIP, add LoRA or not, train, print the numbers as JSON."
+    from transformers import CLIPModel, CLIPProcessor
+
+    from storyteller.core import get_device
+    source, targets, batch_size, steps, r = json.loads(sys.argv[1])
+    device = get_device()
+    processor = CLIPProcessor.from_pretrained(source)
+    loader = processor_loader(storyworld_pairs("train", batch_size), processor, batch_size)
+    batch = {k: v.to(device) for k, v in next(iter(loader)).items()}
+    model = CLIPModel.from_pretrained(source)
+    if targets:
+        inject_lora(model, targets, r=r, alpha=2 * r)
+    model.to(device)
+    now, _ = _rss_mib()
+    out = {**training_footprint(model, hf_loss, batch, steps), **count_parameters(model)}
+    if device.type == "cpu":
+        out["peak MiB"] = _rss_mib()[1] - now  # how far training pushed the process above the loaded model
+    print(json.dumps(out))
+
+
+def footprint_in_fresh_process(source: str | Path, lora_targets: Sequence[str] | None = None, batch_size: int = 32,
+                               steps: int = 5, r: int = 8) -> dict[str, float]:
+    """`training_footprint` of the CLIP at `source`, trained fully or with LoRA (rank `r`) on `lora_targets`, in a
+    fresh Python process, so that its peak memory (activations included: on the CPU the growth of the process's
+    peak resident memory over the loaded model, on CUDA the peak allocated) owes nothing to earlier runs."""
+    import subprocess
+
+    args = json.dumps([str(source), list(lora_targets) if lora_targets else None, batch_size, steps, r])
+    run = subprocess.run([sys.executable, "-c", "from storyteller.lora import _footprint_worker; _footprint_worker()",
+                          args], capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(f"the footprint run for {source} failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
 # %% ../nbs/06_lora.ipynb #ae26fccc
 @dataclass(frozen=True)
 class Character:
@@ -493,7 +537,7 @@ def character_loader(character: Character, steps: int, batch_size: int = 32, n_e
     if not 0 <= prior_share < 1:
         raise ValueError(f"prior_share must be in [0, 1), got {prior_share}")
     own = character_examples(character, n_examples, image_size)
-    prior = StoryWorldDataset("train", n=n_prior, n_actors=1, image_size=image_size, seed=seed) if prior_share else []
+    prior = StoryWorldDataset("train", n=n_prior, n_actors=1, image_size=image_size) if prior_share else []
     items = own + [{"image": item["image"], "caption": item["caption"]} for item in prior]
     weights = torch.tensor([(1 - prior_share) / len(own)] * len(own) + [prior_share / max(len(prior), 1)] * len(prior))
     sampler = torch.utils.data.WeightedRandomSampler(weights, steps * batch_size, replacement=True,
@@ -513,12 +557,10 @@ def teach_character(model: TextToImage, character: Character, steps: int = 150, 
                desc=f"LoRA: {character.name}")
 
 
-@torch.no_grad()
 def character_scores(judge: AttributeJudge, images: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, float]:
     """The judge's per-attribute scores for pictures of named characters, plus `recognised`: the share of pictures
     whose actor has the character's shape, colour and size all at once."""
-    judge.eval()
-    preds = torch.cat([judge.predict(part.to(next(judge.parameters()).device)).cpu() for part in images.split(256)])
+    preds = judge_predictions(judge, images)
     look = [[ok for (kind, _, _), ok in zip(scene_attributes(s), attributes_found(p, s)) if kind in ("shape", "colour", "size")]
             for p, s in zip(preds, scenes, strict=True)]
     return {**fact_scores(preds, scenes), "recognised": sum(all(l) for l in look) / len(look)}

@@ -23,7 +23,8 @@ __all__ = ['BACKGROUNDS', 'SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'NAMES', 'R
            'shape_polygon', 'render', 'to_tensor', 'actor_phrase', 'caption', 'scene_labels', 'scene_from_labels',
            'relation', 'scene_attributes', 'StoryWorldDataset', 'storyworld_loader', 'build_tokenizer',
            'AttributeJudge', 'judge_loss', 'judge_accuracy', 'label_values', 'attributes_found', 'fact_scores',
-           'attribute_scores', 'attribute_accuracy', 'evaluate_judge', 'judge_config', 'build_judge', 'train_judge']
+           'judge_predictions', 'attribute_scores', 'attribute_accuracy', 'evaluate_judge', 'judge_config',
+           'build_judge', 'train_judge']
 
 # %% ../nbs/00_storyworld.ipynb #0fd5f547
 BACKGROUNDS = ("meadow", "sky", "night", "desert", "sea", "forest")
@@ -431,12 +432,16 @@ def fact_scores(preds: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, float
 
 
 @torch.no_grad()
-def attribute_scores(judge: AttributeJudge, images: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, float]:
-    "`fact_scores` of what the judge reads in `images`: how much of each scene's caption the pictures show, per attribute."
+def judge_predictions(judge: AttributeJudge, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    "The judge's label vectors `(B, 10)` for images in [0, 1], computed in batches on the judge's device."
     judge.eval()
     device = next(judge.parameters()).device
-    preds = torch.cat([judge.predict(part.to(device)).cpu() for part in images.split(256)])
-    return fact_scores(preds, scenes)
+    return torch.cat([judge.predict(part.to(device)).cpu() for part in images.split(batch_size)])
+
+
+def attribute_scores(judge: AttributeJudge, images: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, float]:
+    "`fact_scores` of what the judge reads in `images`: how much of each scene's caption the pictures show, per attribute."
+    return fact_scores(judge_predictions(judge, images), scenes)
 
 
 def attribute_accuracy(judge: AttributeJudge, images: torch.Tensor, scenes: Sequence[Scene]) -> float:
