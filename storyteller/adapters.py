@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .core import load_from, load_shipped, to_pil
+from .core import SHIPPED_DIR, load_from, load_shipped, to_pil
 from .storyworld import (BACKGROUNDS, COLOURS, EN, NAMES, POSITIONS, SHAPES, SIZES, ZH, Actor, Scene,
-                                    actor_phrase, build_tokenizer, caption, judge_predictions, scene_from_labels,
-                                    to_tensor)
+                                    actor_phrase, build_tokenizer, caption, to_tensor)
 
 # %% auto #0
 __all__ = ['CAPTION_STYLES', 'CAPTION_PROMPTS', 'DTYPES', 'QUANTIZATIONS', 'LLAVA_TEMPLATE', 'QWEN_TEMPLATE', 'QWEN_SPECIAL',
@@ -71,6 +70,7 @@ class MultimodalModel:
     name: str = "model"
     capabilities: frozenset[Capability] = frozenset()
     languages: frozenset[str] = frozenset({"en"})
+    fingerprint: str = ""  # what the weights are (class, checkpoint, dtype): part of every embedding cache key
 
     def supports(self, capability: Capability, language: str | None = None) -> bool:
         return capability in self.capabilities and (language is None or language in self.languages)
@@ -131,7 +131,13 @@ def _check_style(style: str) -> None:
         raise ValueError(f"unknown caption style {style!r}; styles: {', '.join(CAPTION_STYLES)}")
 
 
+def _require_items(items: Sequence, what: str) -> None:
+    if len(items) == 0:
+        raise ValueError(f"no {what} given")
+
+
 def _check_lengths(images: Sequence, texts: Sequence, what: str = "questions") -> None:
+    _require_items(texts, what)
     if len(images) != len(texts):
         raise ValueError(f"got {len(images)} images and {len(texts)} {what}; give one per image")
 
@@ -156,7 +162,7 @@ def from_pretrained_kwargs(device: str = "cpu", dtype: str | None = None, quanti
         compute = kwargs.setdefault("dtype", torch.float16)
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=quantization == "8bit",
                                                            load_in_4bit=quantization == "4bit",
-                                                           bnb_4bit_compute_dtype=compute)
+                                                           bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
         kwargs["device_map"] = {"": torch.device(device).index or 0}
     return kwargs
 
@@ -178,6 +184,8 @@ class HFAdapter(MultimodalModel):
         self.name, self.path = name or Path(str(path)).name, str(path)
         self.model = load_hf(getattr(transformers, self.model_class), path, device, dtype, quantization)
         self.processor = transformers.AutoProcessor.from_pretrained(path)
+        self.fingerprint = f"{type(self).__name__}:{Path(self.path).resolve() if Path(self.path).exists() else self.path}:" \
+                           f"{dtype}:{quantization}"
 
     def _to_model(self, inputs) -> dict:
         "Processor outputs on the model's device; floating tensors (pixels) in the model's dtype."
@@ -192,11 +200,13 @@ class CLIPAdapter(HFAdapter):
 
     @torch.no_grad()
     def encode_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        _require_items(images, "images")
         inputs = self._to_model(self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt"))
         return l2_normalize(self.model.get_image_features(**inputs).pooler_output).cpu()
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        _require_items(texts, "texts")
         inputs = self._to_model(self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True))
         return l2_normalize(self.model.get_text_features(**inputs).pooler_output).cpu()
 
@@ -251,6 +261,7 @@ class BLIP2Adapter(HFAdapter):
 
     @torch.no_grad()
     def _generate(self, images: Sequence[Image.Image], prompts: Sequence[str] | None, max_new_tokens: int) -> list[str]:
+        _require_items(images, "images")
         rgb = [im.convert("RGB") for im in images]
         inputs = self._to_model(self.processor(images=rgb, text=list(prompts) if prompts else None,
                                                return_tensors="pt", padding=True))
@@ -266,6 +277,7 @@ class BLIP2Adapter(HFAdapter):
         return self._generate(images, prompts, max_new_tokens)
 
     def caption(self, images, style="detailed", language="en", max_new_tokens=60):
+        "BLIP-2 writes one kind of caption (`detailed` and `short` are the same); `story` continues \"Once upon a time,\"."
         self.require(Capability.CAPTIONING, language)
         _check_style(style)
         if style != "story":
@@ -280,6 +292,7 @@ class BLIP2Adapter(HFAdapter):
     @torch.no_grad()
     def _itc(self, images: Sequence[Image.Image], texts: Sequence[str]):
         self.require(Capability.MATCHING)
+        _require_items(images, "images"), _require_items(texts, "texts")
         inputs = self.retrieval_processor(images=[im.convert("RGB") for im in images], text=list(texts),
                                           return_tensors="pt", padding=True)
         inputs = {k: v.to(self.retrieval.device, self.retrieval.dtype) if v.is_floating_point()
@@ -459,25 +472,34 @@ class ChatVLMAdapter(HFAdapter):
         return self.generate_text(questions, images, max_new_tokens)
 
     def stream_text(self, prompt, image=None, max_new_tokens=60):
-        from transformers import TextIteratorStreamer
+        "The continuation in pieces; closing the iterator early stops the generation (and its thread) too."
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        class StopWhenSet(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True,
                                         timeout=600)
         inputs = self._inputs([prompt], [image])
-        failure = []
+        stop, failure = threading.Event(), []
 
         def run() -> None:
             try:
                 with torch.no_grad():
-                    self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
+                    self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
+                                        stopping_criteria=StoppingCriteriaList([StopWhenSet()]))
             except Exception as e:  # handed to the caller below, never swallowed
                 failure.append(e)
                 streamer.end()
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        yield from (chunk for chunk in streamer if chunk)
-        thread.join()
+        try:
+            yield from (chunk for chunk in streamer if chunk)
+        finally:
+            stop.set()
+            thread.join()
         if failure:
             raise failure[0]
 
@@ -502,11 +524,15 @@ class QwenVLAdapter(ChatVLMAdapter):
         super().__init__(path, processor_kwargs=size, **kwargs)
 
 # %% ../nbs/07_integration.ipynb #b02564c5
-def _own_model(recipe: str, model: nn.Module | None, checkpoint: str | Path | None) -> nn.Module:
-    "The given model, else the reader's checkpoint of `recipe`, else the one shipped with the package."
+def _own_model(recipe: str, model: nn.Module | None, checkpoint: str | Path | None) -> tuple[nn.Module, str]:
+    """The given model, else the reader's checkpoint of `recipe`, else the one shipped with the package; and a
+    fingerprint of the weights (the checkpoint's path, size and time; an object id for a model given directly)."""
     if model is not None:
-        return model.eval()
-    return (load_from(recipe, checkpoint) if checkpoint else load_shipped(recipe))[0]
+        return model.eval(), f"{recipe}:object {id(model)}"
+    path = Path(checkpoint) if checkpoint else SHIPPED_DIR / f"{recipe}.safetensors"
+    stat = path.stat() if path.exists() else None
+    fingerprint = f"{recipe}:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"{recipe}:{path}"
+    return (load_from(recipe, checkpoint) if checkpoint else load_shipped(recipe))[0], fingerprint
 
 
 def _pixels(images: Sequence[Image.Image], size: int = 32) -> torch.Tensor:
@@ -528,13 +554,16 @@ class MiniCLIPAdapter(MultimodalModel):
                  device: str = "cpu"):
         from storyteller.foundations import embed_images, embed_texts
         self.name, self._embed_images, self._embed_texts = name, embed_images, embed_texts
-        self.model = _own_model("miniclip", model, checkpoint).to(device)
+        model, self.fingerprint = _own_model("miniclip", model, checkpoint)
+        self.model = model.to(device)
         self.tokenizer = build_tokenizer()
 
     def encode_image(self, images):
+        _require_items(images, "images")
         return l2_normalize(self._embed_images(self.model, _pixels(images)))
 
     def encode_text(self, texts):
+        _require_items(texts, "texts")
         return l2_normalize(self._embed_texts(self.model, self.tokenizer, list(texts)))
 
 
@@ -550,7 +579,8 @@ class IllustratorAdapter(MultimodalModel):
                  known_words_only: bool = True, device: str = "cpu"):
         self.name, self.steps, self.guidance_scale, self.seed = name, steps, guidance_scale, seed
         self.known_words_only = known_words_only
-        self.model = _own_model(recipe, model, checkpoint).to(device)
+        model, self.fingerprint = _own_model(recipe, model, checkpoint)
+        self.model = model.to(device)
 
     def known_words(self, prompt: str) -> str:
         "`prompt` without the words the text encoder's tokenizer maps to unknown."
@@ -559,6 +589,7 @@ class IllustratorAdapter(MultimodalModel):
         return tokenizer.decode([i for i in ids if i != tokenizer.unk_token_id])
 
     def generate_image(self, prompts):
+        _require_items(prompts, "prompts")
         prompts = [self.known_words(p) if self.known_words_only else p for p in prompts]
         images = self.model.generate(prompts, steps=self.steps, guidance_scale=self.guidance_scale,
                                      generator=torch.Generator().manual_seed(self.seed))
@@ -649,10 +680,12 @@ class DescriberAdapter(MultimodalModel):
 
     def __init__(self, model: nn.Module | None = None, checkpoint: str | Path | None = None, name: str = "describer",
                  device: str = "cpu"):
-        self.name, self.judge = name, _own_model("judge", model, checkpoint).to(device)
+        judge, self.fingerprint = _own_model("judge", model, checkpoint)
+        self.name, self.judge = name, judge.to(device)
 
     def scenes(self, images: Sequence[Image.Image]) -> list[Scene]:
         "The scene the judge reads in each picture."
+        _require_items(images, "images")
         return read_scenes(self.judge, _pixels(images))
 
     def caption(self, images, style="detailed", language="en", max_new_tokens=60):

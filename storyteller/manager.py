@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import inspect
 import json
 import threading
 import time
@@ -28,8 +29,9 @@ from .core import SHIPPED_DIR, _atomic_write, get_recipe, read_provenance
 __all__ = ['MODEL_TYPES', 'SPEC_FIELDS', 'QUANTIZED_BYTES', 'HF_CAPTIONER', 'OFFLINE_CONFIG', 'GPU_CONFIG', 'EVENT_STYLE',
            'ConfigError', 'ModelSpec', 'ModelType', 'register_model_type', 'parse_spec', 'parse_config', 'read_config',
            'parameter_bytes', 'meta_hf_model', 'estimate_hf_bytes', 'estimate_own_bytes', 'ModelLoadError',
-           'BudgetExceeded', 'Event', 'ModelManager', 'NoCapableModel', 'content_key', 'EmbeddingCache', 'ImageIndex',
-           'Request', 'TaskCoordinator', 'tiny_hf_config', 'per_image_search', 'retrieval_speedup', 'plot_timeline']
+           'BudgetExceeded', 'Event', 'ModelManager', 'NoCapableModel', 'model_key', 'content_key', 'EmbeddingCache',
+           'ImageIndex', 'Request', 'TaskCoordinator', 'tiny_hf_config', 'per_image_search', 'retrieval_speedup',
+           'plot_timeline']
 
 # %% ../nbs/07b_manager.ipynb #1daa3a2b
 class ConfigError(ValueError):
@@ -135,18 +137,33 @@ def read_config(path: str | Path) -> list[ModelSpec]:
 QUANTIZED_BYTES = {"8bit": 1.0, "4bit": 0.5}
 
 
+def _within(name: str, modules: Sequence[str]) -> bool:
+    "Whether parameter or module `name` lies inside one of `modules` (matched by dotted components, as transformers does)."
+    return any(f".{m}." in f".{name}." for m in modules)
+
+
 def parameter_bytes(model: nn.Module, dtype: torch.dtype | None = None, quantization: str | None = None) -> int:
-    """Bytes of a model's parameters and buffers: floating tensors counted in `dtype` (else their own), linear weights
-    at 1 or ½ byte each when quantized. Works on the meta device."""
-    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)} if quantization else set()
-    total = 0.0
-    for t in [*model.parameters(), *model.buffers()]:
-        if id(t) in linear:
-            total += t.numel() * QUANTIZED_BYTES[quantization]
-        elif dtype is not None and t.is_floating_point():
-            total += t.numel() * dtype.itemsize
+    """Bytes of a model's parameters (in `dtype`, else their own) and buffers (in their own), as `from_pretrained`
+    stores them: modules a Hugging Face model keeps in float32 stay float32, and with 8- or 4-bit quantization the
+    linear weights take 1 or ½ byte except those bitsandbytes leaves alone (output layer, tied weights). Works on meta."""
+    fp32 = set()
+    if dtype in (torch.float16, torch.bfloat16):
+        fp32 |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+        if dtype == torch.float16:
+            fp32 |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    quantized = set()
+    if quantization:
+        from transformers.quantizers.base import get_keys_to_not_convert
+        keep = get_keys_to_not_convert(model)
+        quantized = {id(m.weight) for name, m in model.named_modules() if isinstance(m, nn.Linear) and not _within(name, keep)}
+    total = sum(b.numel() * b.element_size() for b in model.buffers())  # buffers (rotary tables…) keep their dtype
+    for name, p in model.named_parameters():
+        if id(p) in quantized:
+            total += p.numel() * QUANTIZED_BYTES[quantization]
+        elif dtype is not None and p.is_floating_point():
+            total += p.numel() * (4 if _within(name, fp32) else dtype.itemsize)
         else:
-            total += t.numel() * t.element_size()
+            total += p.numel() * p.element_size()
     return int(total)
 
 
@@ -166,7 +183,8 @@ def meta_hf_model(model_class: str, path: str) -> tuple[nn.Module, Any]:
 def estimate_hf_bytes(spec: ModelSpec, model_class: str) -> int:
     "Memory the model of `spec` will take once loaded, from a meta-device build."
     model, config = meta_hf_model(model_class, spec.path)
-    dtype = DTYPES.get(spec.dtype) or getattr(config, "dtype", None) or torch.float32
+    dtype = DTYPES.get(spec.dtype) or (torch.float16 if spec.quantization else None)  # as `from_pretrained_kwargs`
+    dtype = dtype or getattr(config, "dtype", None) or torch.float32  # from_pretrained's default: the checkpoint's own
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     return parameter_bytes(model, dtype, spec.quantization)
 
@@ -265,16 +283,19 @@ class Event:
 
 class ModelManager:
     """Models by name, loaded on first use, the most recently used kept within `memory_budget` bytes (sizes estimated
-    before loading), never evicting a model in use; every load, hit and eviction logged in `events`."""
+    before loading); a model borrowed with `use` is pinned and never evicted. Every load, hit and eviction is logged
+    in `events`. Loads of different models may run in parallel threads; the same model is loaded once."""
 
     def __init__(self, specs: Sequence[ModelSpec], memory_budget: int | None = None):
         self.specs = {s.name: s for s in specs}
         self.memory_budget = memory_budget
         self.events: list[Event] = []
         self._loaded: OrderedDict[str, tuple[MultimodalModel, int]] = OrderedDict()
+        self._reserved: dict[str, int] = {}  # bytes of models being built right now
         self._pins: dict[str, int] = {}
         self._sizes: dict[str, int] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # guards the tables above; never held while a model is built
+        self._gates: dict[str, threading.Lock] = {}  # one per model: a second thread waits for the first one's load
         self._start = time.perf_counter()
 
     @classmethod
@@ -308,63 +329,88 @@ class ModelManager:
 
     @property
     def used_bytes(self) -> int:
-        return sum(nbytes for _, nbytes in self._loaded.values())
+        "Bytes of the loaded models and of those being loaded."
+        return sum(nbytes for _, nbytes in self._loaded.values()) + sum(self._reserved.values())
 
     def loaded(self) -> list[str]:
         "Names of the loaded models, least recently used first."
         return list(self._loaded)
 
     def _drop(self, name: str, kind: str) -> None:
-        _, nbytes = self._loaded.pop(name)
+        model, nbytes = self._loaded.pop(name)
+        del model  # the manager's last reference: collected below, before the CUDA cache is emptied
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         self._log(kind, name, nbytes=nbytes)
 
     def _make_room(self, name: str, nbytes: int) -> None:
-        "Evict least recently used, unpinned models until `nbytes` more fit in the budget."
+        "Evict least recently used models not in use until `nbytes` more fit; if they cannot, evict nothing and raise."
         if self.memory_budget is None:
             return
-        for victim in list(self._loaded):
+        evictable = [n for n, (_, size) in self._loaded.items() if not self._pins.get(n) and size]
+        freeable = sum(self._loaded[n][1] for n in evictable)
+        if self.used_bytes - freeable + nbytes > self.memory_budget:
+            held = [n for n in [*self._loaded, *self._reserved] if n not in evictable]
+            raise BudgetExceeded(f"model {name!r} needs {nbytes / 2**20:.1f} MiB, but the {self.memory_budget / 2**20:.1f} "
+                                 f"MiB budget cannot make room: models in use or loading hold "
+                                 f"{(self.used_bytes - freeable) / 2**20:.1f} MiB: {', '.join(held) or 'none'}")
+        for victim in evictable:
             if self.used_bytes + nbytes <= self.memory_budget:
                 return
-            if not self._pins.get(victim) and self._loaded[victim][1]:  # evicting a model of 0 bytes frees nothing
-                self._drop(victim, "evict")
-        if self.used_bytes + nbytes > self.memory_budget:
-            pinned = [n for n in self._loaded if self._pins.get(n)]
-            raise BudgetExceeded(f"model {name!r} needs {nbytes / 2**20:.1f} MiB, but {self.used_bytes / 2**20:.1f} MiB "
-                                 f"of the {self.memory_budget / 2**20:.1f} MiB budget are held by models in use: "
-                                 f"{', '.join(pinned) or 'none'}")
+            self._drop(victim, "evict")
 
-    def get(self, name: str) -> MultimodalModel:
-        "Model `name`, loaded now if it is not loaded (evicting least recently used models that are not in use)."
+    def _hit(self, name: str, pin: bool) -> MultimodalModel:
+        "Under the lock: the loaded model `name`, now most recently used (and pinned if asked)."
+        self._loaded.move_to_end(name)
+        self._log("hit", name)
+        if pin:
+            self._pins[name] = self._pins.get(name, 0) + 1
+        return self._loaded[name][0]
+
+    def _get(self, name: str, pin: bool) -> MultimodalModel:
         with self._lock:
             spec = self.spec(name)
             if name in self._loaded:
-                self._loaded.move_to_end(name)
-                self._log("hit", name)
-                return self._loaded[name][0]
+                return self._hit(name, pin)
+            gate = self._gates.setdefault(name, threading.Lock())
+        with gate:
+            with self._lock:
+                if name in self._loaded:  # loaded by another thread while this one waited
+                    return self._hit(name, pin)
             start = time.perf_counter()
             try:
                 nbytes = self.estimate(name)
-                self._make_room(name, nbytes)
-                model = MODEL_TYPES[spec.type].build(spec)
+                with self._lock:
+                    self._make_room(name, nbytes)
+                    self._reserved[name] = nbytes
+                try:
+                    model = MODEL_TYPES[spec.type].build(spec)
+                finally:
+                    with self._lock:
+                        del self._reserved[name]
             except BudgetExceeded:
                 raise
             except Exception as e:
                 self._log("fail", name, time.perf_counter() - start)
                 raise ModelLoadError(f"model {name!r} (type {spec.type!r}, path {spec.path!r}) failed to load: "
                                      f"{type(e).__name__}: {e}") from e
-            self._loaded[name] = (model, nbytes)
-            self._log("load", name, time.perf_counter() - start, nbytes)
+            with self._lock:
+                self._loaded[name] = (model, nbytes)
+                self._log("load", name, time.perf_counter() - start, nbytes)
+                if pin:
+                    self._pins[name] = self._pins.get(name, 0) + 1
             return model
+
+    def get(self, name: str) -> MultimodalModel:
+        """Model `name`, loaded now if it is not (evicting least recently used models not in use). It is not pinned:
+        work with a model inside `use`, or a later load may evict it."""
+        return self._get(name, pin=False)
 
     @contextmanager
     def use(self, name: str) -> Iterator[MultimodalModel]:
         "Model `name`, pinned for the duration of the block: no load evicts it meanwhile."
-        with self._lock:
-            model = self.get(name)
-            self._pins[name] = self._pins.get(name, 0) + 1
+        model = self._get(name, pin=True)
         try:
             yield model
         finally:
@@ -396,10 +442,17 @@ class NoCapableModel(LookupError):
     "No configured model can serve a task: names the capability, the language, and why each model does not qualify."
 
 
+def model_key(model: MultimodalModel) -> str:
+    "What identifies a model's embeddings: its class, name and weights' fingerprint (checkpoint, dtype)."
+    return f"{type(model).__name__}:{model.name}:{model.fingerprint}"
+
+
 def content_key(item: Image.Image | str, model: str) -> str:
-    "A cache key: SHA-256 of the model's name and the image's pixels (with mode and size) or the text."
+    "A cache key: SHA-256 of a model key and the image's pixels (with mode and size) or the text."
     h = hashlib.sha256(model.encode() + b"\0")
     if isinstance(item, Image.Image):
+        if item.mode == "P":  # a palette image's bytes are indices: hash the colours they stand for
+            item = item.convert("RGBA")
         h.update(f"image {item.mode} {item.size}\0".encode())
         h.update(item.tobytes())
     else:
@@ -414,23 +467,31 @@ class EmbeddingCache:
         self.path = Path(path) if path is not None else None
         self.store: dict[str, torch.Tensor] = {}
         self.hits = self.misses = 0
+        self._lock = threading.Lock()
         if self.path is not None and self.path.exists():
             from safetensors.torch import load_file
             self.store = load_file(self.path)
 
     def embed(self, model: MultimodalModel, items: Sequence[Image.Image | str], batch_size: int = 256) -> torch.Tensor:
         "Embeddings `(N, d)` of images or texts under `model`, computing only the ones not cached yet."
-        keys = [content_key(item, model.name) for item in items]
-        missing = list({k: i for i, k in enumerate(keys) if k not in self.store}.values())  # each new key once
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
+        if len(items) == 0:
+            raise ValueError("no images or texts to embed")
+        key = model_key(model)
+        keys = [content_key(item, key) for item in items]
+        with self._lock:
+            missing = list({k: i for i, k in enumerate(keys) if k not in self.store}.values())  # each new key once
+            self.hits += len(keys) - len(missing)
+            self.misses += len(missing)
         for is_image, encode in ((True, model.encode_image), (False, model.encode_text)):
             todo = [i for i in missing if isinstance(items[i], Image.Image) == is_image]
             for start in range(0, len(todo), batch_size):
                 part = todo[start:start + batch_size]
-                for i, embedding in zip(part, encode([items[i] for i in part])):
-                    self.store[keys[i]] = embedding.detach().float().cpu().contiguous()
-        return torch.stack([self.store[k] for k in keys]) if keys else torch.empty(0)
+                embeddings = encode([items[i] for i in part])
+                with self._lock:
+                    for i, embedding in zip(part, embeddings, strict=True):
+                        self.store[keys[i]] = embedding.detach().float().cpu().contiguous()
+        with self._lock:
+            return torch.stack([self.store[k] for k in keys])
 
     def save(self, path: str | Path | None = None) -> Path:
         "Write the cache (atomically) to `path`, or to the file it was opened with."
@@ -438,23 +499,30 @@ class EmbeddingCache:
         path = Path(path) if path is not None else self.path
         if path is None:
             raise ValueError("this cache has no file: give save() a path")
-        _atomic_write(path, lambda tmp: save_file(self.store, str(tmp)))
+        with self._lock:
+            store = dict(self.store)
+        _atomic_write(path, lambda tmp: save_file(store, str(tmp)))
         return path
 
 
 class ImageIndex:
-    "A pool of images embedded once by one model: each text query is then one text embedding and one matrix product."
+    """A pool of images embedded once by a managed model: each text query is then one text embedding and one matrix
+    product. The model is pinned while it embeds, and looked up again for every search (it may have been evicted)."""
 
-    def __init__(self, model: MultimodalModel, pool: Sequence[Image.Image], cache: EmbeddingCache | None = None):
-        self.model, self.cache = model, cache if cache is not None else EmbeddingCache()
-        self.embeddings = self.cache.embed(model, list(pool))
+    def __init__(self, manager: ModelManager, name: str, pool: Sequence[Image.Image], cache: EmbeddingCache | None = None):
+        if len(pool) == 0:
+            raise ValueError("cannot index an empty pool of images")
+        self.manager, self.name, self.cache = manager, name, cache if cache is not None else EmbeddingCache()
+        with manager.use(name) as model:
+            self.embeddings = self.cache.embed(model, list(pool))
 
     def __len__(self) -> int:
         return len(self.embeddings)
 
     def search(self, queries: Sequence[str], top_k: int = 1) -> list[list[int]]:
         "For each query, the indices of its `top_k` most similar pool images, best first."
-        scores = self.cache.embed(self.model, list(queries)) @ self.embeddings.T
+        with self.manager.use(self.name) as model:
+            scores = self.cache.embed(model, list(queries)) @ self.embeddings.T
         return scores.topk(min(top_k, len(self)), dim=1).indices.tolist()
 
 # %% ../nbs/07b_manager.ipynb #eba124f5
@@ -530,56 +598,68 @@ class TaskCoordinator:
 
     def caption(self, images: Sequence[Image.Image], style: str = "detailed", language: str = "en") -> list[str]:
         "A caption per image in a style (detailed, short, story) and a language."
+        if not images:
+            return []
         with self.manager.use(self.route(Capability.CAPTIONING, language)) as model:
             return model.caption(images, style, language)
 
     def answer(self, images: Sequence[Image.Image], questions: Sequence[str], language: str | None = None) -> list[str]:
         "The answer to each question about its image, by a model that speaks the questions' language."
+        if len(images) != len(questions):
+            raise ValueError(f"got {len(images)} images and {len(questions)} questions; give one per image")
+        if not images:
+            return []
         with self.manager.use(self.route(Capability.VQA, _language(questions, language))) as model:
             return model.answer_question(images, questions)
 
     def index(self, pool: Sequence[Image.Image], language: str = "en") -> ImageIndex:
         "An `ImageIndex` of `pool` under the embedding model for `language` (cached embeddings)."
         name = self.route([Capability.IMAGE_EMBEDDING, Capability.TEXT_EMBEDDING], language)
-        with self.manager.use(name) as model:
-            return ImageIndex(model, pool, self.cache)
+        return ImageIndex(self.manager, name, pool, self.cache)
 
     def retrieve(self, query: str, pool: Sequence[Image.Image], top_k: int = 1, language: str | None = None) -> list[int]:
         "Indices of the `top_k` pool images closest to `query` (for many queries over one pool, use `index`)."
         return self.index(pool, _language([query], language)).search([query], top_k)[0]
 
-    def write_story(self, prompt: str, language: str | None = None) -> str:
-        "A story for `prompt`, paragraphs separated by blank lines."
-        with self.manager.use(self.route(Capability.TEXT_GENERATION, _language([prompt], language))) as model:
+    def write_story(self, prompt: str) -> str:
+        "A story for `prompt`, in the prompt's language, paragraphs separated by blank lines."
+        with self.manager.use(self.route(Capability.TEXT_GENERATION, _language([prompt], None))) as model:
             return model.generate_text([prompt])[0]
 
     def illustrate(self, texts: Sequence[str], pool: Sequence[Image.Image] | None = None,
                    language: str | None = None) -> list[Image.Image]:
         "A picture per text: drawn by an image generator, or, given a `pool`, the pool's closest picture."
+        if not texts:
+            return []
         language = _language(texts, language)
         if pool is not None:
             return [pool[hits[0]] for hits in self.index(pool, language).search(texts)]
         with self.manager.use(self.route(Capability.IMAGE_GENERATION, language)) as model:
             return model.generate_image(texts)
 
-    def tell(self, prompt: str, pool: Sequence[Image.Image] | None = None,
-             language: str | None = None) -> list[tuple[str, Image.Image]]:
+    def tell(self, prompt: str, pool: Sequence[Image.Image] | None = None) -> list[tuple[str, Image.Image]]:
         "Story writing and illustration: each paragraph of the story for `prompt` with its picture."
-        paragraphs = self.write_story(prompt, language).split("\n\n")
-        return list(zip(paragraphs, self.illustrate(paragraphs, pool, language)))
+        paragraphs = self.write_story(prompt).split("\n\n")
+        return list(zip(paragraphs, self.illustrate(paragraphs, pool), strict=True))
 
-    def stream(self, prompt: str, image: Image.Image | None = None, language: str | None = None) -> Iterator[str]:
-        "The text for `prompt` in pieces as it is written; the model stays pinned until the stream ends."
-        with self.manager.use(self.route(Capability.STREAMING, _language([prompt], language))) as model:
+    def stream(self, prompt: str, image: Image.Image | None = None) -> Iterator[str]:
+        """The text for `prompt` (about `image`, if given) in pieces as it is written, in the prompt's language; the
+        model stays pinned until the stream ends or is closed."""
+        needs = [Capability.STREAMING] + ([Capability.CAPTIONING] if image is not None else [])
+        with self.manager.use(self.route(needs, _language([prompt], None))) as model:
             yield from model.stream_text(prompt, image)
 
     def run_batch(self, requests: Sequence[Request]) -> list:
         "Results of many requests, in order, with one call per (task, model, style, language) group instead of one per request."
         capability = {"caption": Capability.CAPTIONING, "answer": Capability.VQA, "illustrate": Capability.IMAGE_GENERATION}
+        needs = {"caption": ("image",), "answer": ("image", "text"), "illustrate": ("text",)}
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             if r.task not in capability:
                 raise ValueError(f"requests[{i}]: unknown task {r.task!r}; tasks: {', '.join(capability)}")
+            missing = [f for f in needs[r.task] if getattr(r, f) is None]
+            if missing:
+                raise ValueError(f"requests[{i}]: a {r.task!r} request needs field {missing[0]!r}")
             language = _language([r.text] if r.text else [], r.language)
             groups.setdefault((r.task, self.route(capability[r.task], language), r.style, language), []).append(i)
         results: list = [None] * len(requests)
@@ -592,21 +672,28 @@ class TaskCoordinator:
                     out = model.answer_question([r.image for r in batch], [r.text for r in batch])
                 else:
                     out = model.generate_image([r.text for r in batch])
-            for i, result in zip(members, out):
+            for i, result in zip(members, out, strict=True):
                 results[i] = result
         return results
 
     def ensemble_caption(self, images: Sequence[Image.Image], style: str = "detailed", language: str = "en",
                          models: Sequence[str] | None = None) -> list[tuple[str, str]]:
         "Every captioner's caption for each image, and the one a matching model scores highest: (caption, captioner)."
+        if not images:
+            return []
         names = list(models) if models is not None else self.candidates([Capability.CAPTIONING], language)
         if not names:
             self.route(Capability.CAPTIONING, language)  # raises NoCapableModel with the reasons
+        unable = [n for n in names if Capability.CAPTIONING not in self.manager.capabilities(n)
+                  or language not in self.manager.languages(n)]
+        if unable:
+            raise NoCapableModel(f"ensemble_caption: {', '.join(unable)} cannot caption in {language!r}")
+        scorer = self.route(Capability.MATCHING, language)  # before any captioner runs: fail early
         proposals = {}
         for name in names:
             with self.manager.use(name) as model:
                 proposals[name] = model.caption(images, style, language)
-        with self.manager.use(self.route(Capability.MATCHING, language)) as judge:
+        with self.manager.use(scorer) as judge:
             chosen = []
             for i, image in enumerate(images):
                 options = [proposals[n][i] for n in names]
@@ -617,29 +704,39 @@ class TaskCoordinator:
     # --- asynchronous front ----------------------------------------------------------------------------------------
     async def arun(self, task: str, *args, **kwargs) -> Any:
         "Run task `task` (a method name: caption, answer, tell, …) in a worker thread without blocking the event loop."
-        if task.startswith("_") or task in ("arun", "astream") or not callable(getattr(self, task, None)):
-            raise ValueError(f"unknown task {task!r}")
+        method = getattr(self, task, None)
+        if task.startswith("_") or not callable(method) or inspect.isgeneratorfunction(method) \
+                or inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method):
+            raise ValueError(f"unknown task {task!r} (streams: use astream)")
         return await asyncio.to_thread(getattr(self, task), *args, **kwargs)
 
-    async def astream(self, prompt: str, image: Image.Image | None = None,
-                      language: str | None = None) -> AsyncIterator[str]:
-        "`stream` as an async iterator: chunks arrive while the event loop keeps serving other tasks."
-        loop, queue, done = asyncio.get_running_loop(), asyncio.Queue(), object()
+    async def astream(self, prompt: str, image: Image.Image | None = None) -> AsyncIterator[str]:
+        """`stream` as an async iterator: chunks arrive while the event loop keeps serving other tasks. Leaving the loop
+        early stops the stream and releases the model."""
+        loop, queue, done, stop = asyncio.get_running_loop(), asyncio.Queue(), object(), threading.Event()
 
         def produce() -> None:
+            chunks = self.stream(prompt, image)
             try:
-                for chunk in self.stream(prompt, image, language):
+                for chunk in chunks:
                     loop.call_soon_threadsafe(queue.put_nowait, chunk)
-            except Exception as e:  # handed to the consumer, never swallowed
+                    if stop.is_set():
+                        break
+            except BaseException as e:  # handed to the consumer, never swallowed
                 loop.call_soon_threadsafe(queue.put_nowait, e)
-            loop.call_soon_threadsafe(queue.put_nowait, done)
+            finally:
+                chunks.close()  # stops the generation and unpins the model
+                loop.call_soon_threadsafe(queue.put_nowait, done)
 
         worker = asyncio.ensure_future(asyncio.to_thread(produce))
-        while (item := await queue.get()) is not done:
-            if isinstance(item, Exception):
-                raise item
-            yield item
-        await worker
+        try:
+            while (item := await queue.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            await worker
 
 # %% ../nbs/07b_manager.ipynb #802eb8de
 def tiny_hf_config(directory: str | Path) -> dict:

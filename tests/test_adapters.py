@@ -110,3 +110,32 @@ def test_coordinator_routes_across_the_families(hf):
     assert len(coordinator.retrieve(TEXTS[0], IMAGES, top_k=2)) == 2
     chosen = coordinator.ensemble_caption(IMAGES[:2], "short")
     assert all(name in ("blip2", "llava", "qwen2-vl", "qwen2.5-vl") for _, name in chosen)
+
+
+def test_vqa_prompt_formats(hf, monkeypatch):
+    blip2 = hf.get("blip2")
+    seen = []
+    original = blip2._generate
+    monkeypatch.setattr(blip2, "_generate", lambda images, prompts, n: seen.append(prompts) or original(images, prompts, n))
+    blip2.answer_question(IMAGES[:2], ["what colour is the star?", "where is it?"], max_new_tokens=2)
+    assert seen == [["Question: what colour is the star? Answer:", "Question: where is it? Answer:"]]
+    llava, qwen = hf.get("llava"), hf.get("qwen2-vl")
+    template = llava.processor.apply_chat_template(llava.conversation("what colour is it?", IMAGES[0]),
+                                                   add_generation_prompt=True)
+    assert template == "USER: <image>\nwhat colour is it? ASSISTANT:"
+    template = qwen.processor.apply_chat_template(qwen.conversation("它是什么颜色？", [IMAGES[0], IMAGES[1]]),
+                                                  add_generation_prompt=True)
+    assert template.count("<|vision_start|><|image_pad|><|vision_end|>") == 2
+    assert template.endswith("它是什么颜色？<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_size_estimate_follows_dtype_and_float32_modules(hf, dtype):
+    config = {"models": [{**{k: v for k, v in vars(hf.spec(name)).items() if v not in (None, {})}, "dtype": dtype}
+                         for name in ("blip2", "qwen2-vl")]}
+    manager = ModelManager.from_config(config)
+    for name in ("blip2", "qwen2-vl"):
+        adapter = manager.get(name)
+        modules = [adapter.model] + ([adapter.retrieval] if name == "blip2" else [])
+        loaded = sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+        assert manager.estimate(name) == loaded, name  # BLIP-2 keeps its Q-Former in float32 under float16

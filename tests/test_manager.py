@@ -88,7 +88,7 @@ def test_budget_evicts_least_recently_used_but_never_a_pinned_model():
     small.get("illustrator")  # too big for all three: miniclip, the least recently used, goes
     assert small.loaded() == ["describer", "illustrator"] and small.events[-2].kind == "evict"
     with small.use("illustrator"), small.use("describer"):
-        with pytest.raises(BudgetExceeded, match="held by models in use: illustrator, describer"):
+        with pytest.raises(BudgetExceeded, match="models in use or loading hold .* MiB: illustrator, describer"):
             small.get("miniclip")
         with pytest.raises(RuntimeError, match="'illustrator' is in use and cannot be unloaded"):
             small.unload("illustrator")
@@ -135,8 +135,8 @@ def test_streams_release_their_pin_and_raise_errors():
         manager.unload("writer")
     stream.close()
     manager.unload("writer")
-    with pytest.raises(UnsupportedCapability, match="'writer' does not support captioning"):
-        list(coordinator.stream("describe this", IMAGES[0]))
+    with pytest.raises(NoCapableModel, match=r"offers streaming \+ captioning in 'en'.*writer \(no captioning\)"):
+        list(coordinator.stream("describe this", IMAGES[0]))  # a picture needs a model that sees
 
     async def collect():
         return [chunk async for chunk in coordinator.astream("A story about Pip.")]
@@ -144,5 +144,28 @@ def test_streams_release_their_pin_and_raise_errors():
 
     async def failing():
         return [chunk async for chunk in coordinator.astream("describe this", IMAGES[0])]
-    with pytest.raises(UnsupportedCapability):
+    with pytest.raises(NoCapableModel):
         asyncio.run(failing())
+    with pytest.raises(UnsupportedCapability, match="'writer' does not support captioning"):
+        list(StoryWriterAdapter().stream_text("describe this", IMAGES[0]))
+
+
+def test_different_models_load_in_parallel_and_bad_requests_are_named():
+    barrier = __import__("threading").Barrier(2, timeout=10)
+
+    def build(spec):
+        barrier.wait()  # both builds must be running at once, or this times out and the load fails
+        return StoryWriterAdapter(spec.name)
+    register_model_type(ModelType("rendezvous", build, lambda s: 0, lambda s: StoryWriterAdapter.capabilities,
+                                  StoryWriterAdapter.languages, needs_path=False))
+    manager = ModelManager.from_config({"models": [{"name": "a", "type": "rendezvous"}, {"name": "b", "type": "rendezvous"}]})
+    with ThreadPoolExecutor(2) as pool:
+        models = list(pool.map(manager.get, ["a", "b"]))
+    assert [m.name for m in models] == ["a", "b"] and manager.counts()["fail"] == 0
+    coordinator = TaskCoordinator(ModelManager.from_config(OFFLINE_CONFIG))
+    from storyteller.manager import Request
+    with pytest.raises(ValueError, match=r"requests\[1\]: a 'caption' request needs field 'image'"):
+        coordinator.run_batch([Request("caption", image=IMAGES[0]), Request("caption", text="a star")])
+    with pytest.raises(ValueError, match="got 2 images and 1 questions"):
+        coordinator.answer(IMAGES[:2], ["What is the background?"])
+    assert coordinator.caption([]) == [] and coordinator.illustrate([]) == []
