@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+import re
 import threading
 import zlib
 from enum import Enum
@@ -26,7 +27,7 @@ __all__ = ['CAPTION_STYLES', 'CAPTION_PROMPTS', 'DTYPES', 'QUANTIZATIONS', 'LLAV
            'CLIPAdapter', 'save_tiny_blip2_retrieval', 'trim_prompts', 'BLIP2Adapter', 'word_tokenizer',
            'save_tiny_llava', 'save_tiny_qwen_vl', 'ChatVLMAdapter', 'LLaVAAdapter', 'QwenVLAdapter', 'is_chinese',
            'MiniCLIPAdapter', 'IllustratorAdapter', 'question_kind', 'describe_scene', 'answer_about', 'read_scenes',
-           'DescriberAdapter', 'story_hero', 'plan_story', 'write_paragraph', 'StoryWriterAdapter']
+           'DescriberAdapter', 'story_cast', 'plan_story', 'write_paragraph', 'StoryWriterAdapter']
 
 # %% ../nbs/07_integration.ipynb #25bddaa1
 class Capability(str, Enum):
@@ -652,8 +653,8 @@ def answer_about(scene: Scene, question: str) -> str:
 @torch.no_grad()
 def read_scenes(judge: nn.Module, images: torch.Tensor, batch_size: int = 256) -> list[Scene]:
     """The scene the judge sees in each image `(N, 3, H, W)`: an actor wherever its shape head sees one (in the likeliest
-    slot if it sees none), each field of an actor its likeliest value. Always a valid `Scene`, unlike a raw label vector
-    whose slots may disagree."""
+    slot if it sees none, in the two likeliest if it sees three), each field of an actor its likeliest value. Always a
+    valid `Scene`, unlike a raw label vector whose slots may disagree."""
     judge.eval()
     device = next(judge.parameters()).device
     scenes = []
@@ -664,6 +665,8 @@ def read_scenes(judge: nn.Module, images: torch.Tensor, batch_size: int = 256) -
         empty = torch.stack([shape.softmax(-1)[:, 0] for shape, _, _ in slots], dim=1)
         unseen = ~present.any(dim=1)
         present[unseen, empty[unseen].argmin(dim=1)] = True
+        crowded = present.sum(dim=1) > 2  # a scene holds at most two actors: drop the least certain one
+        present[crowded, empty[crowded].argmax(dim=1)] = False
         for b, background in enumerate(logits[0].argmax(-1).tolist()):
             actors = tuple(Actor(SHAPES[shape[b, 1:].argmax()], COLOURS[colour[b, 1:].argmax()],
                                  SIZES[size[b, 1:].argmax()], position)
@@ -708,35 +711,42 @@ STORY_TEMPLATES = {  # opening, middle scenes (cycled), ending; {A} the hero, {F
 }
 
 
-def _named(prompt: str, words: Sequence[str], table: dict | None) -> str | None:
-    "The first of `words` the prompt names (in Chinese through `table`), if any."
-    for word in words:
-        if word.lower() in prompt.lower() or (table and table[word] in prompt):
-            return word
-    return None
+def _look(text: str, field: str, words: Sequence[str]) -> str | None:
+    "The first of a field's words (English, or Chinese through `ZH`) that `text` names, if any."
+    return next((w for w in words if w in text.lower() or ZH[field][w] in text), None)
 
 
-def story_hero(prompt: str, rng: random.Random) -> Actor:
-    "The hero a prompt asks for: its name, shape, colour and size where the prompt names them, drawn otherwise."
-    pick = lambda words, field: _named(prompt, words, ZH.get(field)) or rng.choice(words)
-    return Actor(pick(SHAPES, "shape"), pick(COLOURS, "colour"), pick(SIZES, "size"), "left", pick(NAMES, "name"))
+def story_cast(prompt: str, rng: random.Random) -> list[Actor]:
+    """The characters a prompt asks for, in the order it names them (at most two): each name with the shape, colour
+    and size named between it and the next name, the rest drawn. Without a name, one hero with a drawn name."""
+    found = sorted((m.start(), m.end(), name) for name in NAMES
+                   for m in re.finditer(rf"\b{re.escape(name)}\b|{re.escape(ZH['name'][name])}", prompt, re.IGNORECASE))
+    spans = [(name, prompt[end:(found[i + 1][0] if i + 1 < len(found) else len(prompt))])
+             for i, (_, end, name) in enumerate(found)]
+    spans = list({name: clause for name, clause in reversed(spans)}.items())[::-1][:2] or [(rng.choice(NAMES), prompt)]
+    cast = []
+    for name, clause in spans:
+        pick = lambda field, words: _look(clause, field, words) or rng.choice(words)
+        cast.append(Actor(pick("shape", SHAPES), pick("colour", COLOURS), pick("size", SIZES), "left", name))
+    return cast
 
 
 def plan_story(prompt: str, paragraphs: int = 4) -> list[Scene]:
-    "The scenes of the story for `prompt`: home, `paragraphs - 2` scenes with a friend, home again (seeded by the prompt)."
+    """The scenes of the story for `prompt`: the hero at home, `paragraphs - 2` scenes with a friend (the prompt's second
+    character, else a drawn one), home again; seeded by the prompt."""
     if paragraphs < 2:
         raise ValueError(f"a story has at least 2 paragraphs (opening and ending), got {paragraphs}")
     rng = random.Random(zlib.crc32(prompt.encode()))
-    hero = story_hero(prompt, rng)
-    home, at = rng.choice(BACKGROUNDS), rng.choice(POSITIONS)
-    scenes = [Scene(home, (Actor(hero.shape, hero.colour, hero.size, at, hero.name),))]
-    friend = Actor(rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(SIZES), "right",
-                   rng.choice([n for n in NAMES if n != hero.name]))
+    cast = story_cast(prompt, rng)
+    hero = cast[0]
+    friend = cast[1] if len(cast) > 1 else Actor(rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(SIZES), "right",
+                                                 rng.choice([n for n in NAMES if n != hero.name]))
+    at = lambda actor, position: Actor(actor.shape, actor.colour, actor.size, position, actor.name)
+    home = rng.choice(BACKGROUNDS)
+    scenes = [Scene(home, (at(hero, rng.choice(POSITIONS)),))]
     for _ in range(paragraphs - 2):
         left, right = sorted(rng.sample(POSITIONS, 2), key=POSITIONS.index)
-        actors = (Actor(hero.shape, hero.colour, hero.size, left, hero.name),
-                  Actor(friend.shape, friend.colour, friend.size, right, friend.name))
-        scenes.append(Scene(rng.choice([b for b in BACKGROUNDS if b != home]), actors))
+        scenes.append(Scene(rng.choice([b for b in BACKGROUNDS if b != home]), (at(hero, left), at(friend, right))))
     return scenes + [scenes[0]]
 
 
