@@ -73,9 +73,6 @@ class MultimodalModel:
     languages: frozenset[str] = frozenset({"en"})
     fingerprint: str = ""  # what the weights are (class, checkpoint, dtype): part of every embedding cache key
 
-    def supports(self, capability: Capability, language: str | None = None) -> bool:
-        return capability in self.capabilities and (language is None or language in self.languages)
-
     def require(self, capability: Capability, language: str | None = None) -> None:
         "Raise `UnsupportedCapability` unless this model has `capability` (in `language`, if given)."
         if capability not in self.capabilities:
@@ -189,9 +186,12 @@ class HFAdapter(MultimodalModel):
                            f"{dtype}:{quantization}"
 
     def _to_model(self, inputs) -> dict:
-        "Processor outputs on the model's device; floating tensors (pixels) in the model's dtype."
-        device, dtype = self.model.device, self.model.dtype
-        return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
+        return _on_model(inputs, self.model)
+
+
+def _on_model(inputs, model: nn.Module) -> dict:
+    "Processor outputs on the model's device; floating tensors (pixels) in the model's dtype."
+    return {k: v.to(model.device, model.dtype) if v.is_floating_point() else v.to(model.device) for k, v in inputs.items()}
 
 # %% ../nbs/07_integration.ipynb #b74c36f7
 class CLIPAdapter(HFAdapter):
@@ -218,16 +218,14 @@ def save_tiny_blip2_retrieval(directory: str | Path, width: int = 32, image_size
     its `Blip2Processor` on StoryWorld's tokenizer ([CLS] first, right padding) to `directory`."""
     from transformers import Blip2Config, Blip2ForImageTextRetrieval, Blip2Processor, BlipImageProcessor
 
-    tokenizer = build_tokenizer()
-    tokenizer.add_special_tokens({"extra_special_tokens": ["<image>"]})
-    tokenizer.image_token = "<image>"
-    vision = {"image_size": image_size, "patch_size": 8, "hidden_size": width, "intermediate_size": 2 * width,
-              "num_hidden_layers": 2, "num_attention_heads": 4}
+    from storyteller.lora import _storyworld_tokenizer, _tiny_vision  # chapter 6's tiny BLIP-2 parts
+
+    tokenizer = _storyworld_tokenizer(image_token="<image>")
     qformer = {"vocab_size": len(tokenizer), "hidden_size": width, "num_hidden_layers": 2, "num_attention_heads": 4,
                "intermediate_size": 2 * width, "encoder_hidden_size": width, "max_position_embeddings": 64,
                "pad_token_id": tokenizer.pad_token_id, "use_qformer_text_input": True}
-    config = Blip2Config(vision_config=vision, qformer_config=qformer, num_query_tokens=num_query_tokens,
-                         image_text_hidden_size=16, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    config = Blip2Config(vision_config=_tiny_vision(image_size, width), qformer_config=qformer,
+                         num_query_tokens=num_query_tokens, image_text_hidden_size=16, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
     torch.manual_seed(seed)
     Blip2ForImageTextRetrieval(config).save_pretrained(directory)
     images = BlipImageProcessor(size={"height": image_size, "width": image_size})
@@ -296,9 +294,7 @@ class BLIP2Adapter(HFAdapter):
         _require_items(images, "images"), _require_items(texts, "texts")
         inputs = self.retrieval_processor(images=[im.convert("RGB") for im in images], text=list(texts),
                                           return_tensors="pt", padding=True)
-        inputs = {k: v.to(self.retrieval.device, self.retrieval.dtype) if v.is_floating_point()
-                  else v.to(self.retrieval.device) for k, v in inputs.items()}
-        return self.retrieval(**inputs, use_image_text_matching_head=False)
+        return self.retrieval(**_on_model(inputs, self.retrieval), use_image_text_matching_head=False)
 
     def similarity(self, images, texts):
         "The contrastive head's cosines `(N_images, N_texts)`: text embedding against the best query embedding."
@@ -612,12 +608,11 @@ def question_kind(question: str, language: str) -> str | None:
     return next((kind for kind, words in QUESTION_KINDS[language] if any(w in text for w in words)), None)
 
 
-def _mentions(actor: Actor, question: str, language: str) -> int:
-    "How many of the actor's attributes a question names: how it picks which actor it means."
-    table = {"shape": SHAPES, "colour": COLOURS, "size": SIZES, "position": POSITIONS}
-    words = [getattr(actor, field) for field in table]
-    if language == "zh":
-        words = [ZH[field][w] for field, w in zip(table, words)]
+def _mentions(actor: Actor, question: str, language: str, asked: str) -> int:
+    """How many of the actor's attributes a question names — how it picks which actor it means. The attribute asked
+    about does not count: "how big is the red star?" means the red star, whichever actor is big."""
+    fields = [f for f in ("shape", "colour", "size", "position") if f != asked]
+    words = [ZH[f][getattr(actor, f)] if language == "zh" else getattr(actor, f) for f in fields]
     return sum(w in question.lower() for w in words)
 
 
@@ -643,7 +638,7 @@ def answer_about(scene: Scene, question: str) -> str:
     table = ZH if language == "zh" else None
     if kind == "background":
         return table["background"][scene.background] if table else scene.background
-    actor = max(scene.actors, key=lambda a: _mentions(a, question, language))  # ties: the leftmost
+    actor = max(scene.actors, key=lambda a: _mentions(a, question, language, kind))  # ties: the leftmost
     value = getattr(actor, kind)
     if kind == "position":
         return table["position"][value] if table else EN["position"][value]

@@ -414,10 +414,11 @@ def blip2_opt_config():
 
 
 def meta_model(model_class: type, config) -> nn.Module:
-    "`model_class(config)` on the meta device: every parameter's shape, no storage — a 3.7 B model in a second."
+    """`model_class(config)` on the meta device: every parameter's shape, no storage — a 3.7 B model in a second. An
+    `Auto…` class builds the model class its config names."""
     from accelerate import init_empty_weights
     with init_empty_weights():
-        model = model_class(config)
+        model = model_class.from_config(config) if model_class.__name__.startswith("Auto") else model_class(config)
     model.tie_weights()  # as from_pretrained does: a tied output layer is the embedding, not a second matrix
     return model
 

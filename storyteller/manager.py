@@ -28,10 +28,9 @@ from .core import SHIPPED_DIR, _atomic_write, get_recipe, read_provenance
 # %% auto #0
 __all__ = ['MODEL_TYPES', 'SPEC_FIELDS', 'QUANTIZED_BYTES', 'HF_CAPTIONER', 'OFFLINE_CONFIG', 'GPU_CONFIG', 'EVENT_STYLE',
            'ConfigError', 'ModelSpec', 'ModelType', 'register_model_type', 'parse_spec', 'parse_config', 'read_config',
-           'parameter_bytes', 'meta_hf_model', 'estimate_hf_bytes', 'estimate_own_bytes', 'ModelLoadError',
-           'BudgetExceeded', 'Event', 'ModelManager', 'NoCapableModel', 'model_key', 'content_key', 'EmbeddingCache',
-           'ImageIndex', 'Request', 'TaskCoordinator', 'tiny_hf_config', 'per_image_search', 'retrieval_speedup',
-           'plot_timeline']
+           'parameter_bytes', 'estimate_hf_bytes', 'estimate_own_bytes', 'ModelLoadError', 'BudgetExceeded', 'Event',
+           'ModelManager', 'NoCapableModel', 'model_key', 'content_key', 'EmbeddingCache', 'ImageIndex', 'Request',
+           'TaskCoordinator', 'tiny_hf_config', 'per_image_search', 'retrieval_speedup', 'plot_timeline']
 
 # %% ../nbs/07b_manager.ipynb #1daa3a2b
 class ConfigError(ValueError):
@@ -167,37 +166,24 @@ def parameter_bytes(model: nn.Module, dtype: torch.dtype | None = None, quantiza
     return int(total)
 
 
-def meta_hf_model(model_class: str, path: str) -> tuple[nn.Module, Any]:
-    "The Hugging Face model at `path` built on the meta device from its config alone (no weights read), and the config."
-    import transformers
-    from accelerate import init_empty_weights
-
-    config = transformers.AutoConfig.from_pretrained(path)
-    cls = getattr(transformers, model_class)
-    with init_empty_weights():
-        model = cls.from_config(config) if model_class.startswith("Auto") else cls(config)
-    model.tie_weights()  # as from_pretrained does: a tied output layer is not a second matrix
-    return model, config
-
-
 def estimate_hf_bytes(spec: ModelSpec, model_class: str) -> int:
-    "Memory the model of `spec` will take once loaded, from a meta-device build."
-    model, config = meta_hf_model(model_class, spec.path)
+    "Memory the model of `spec` will take once loaded, from chapter 6's meta-device build of its config (no weights read)."
+    import transformers
+    from storyteller.lora import meta_model
+
+    config = transformers.AutoConfig.from_pretrained(spec.path)
+    model = meta_model(getattr(transformers, model_class), config)
     dtype = DTYPES.get(spec.dtype) or (torch.float16 if spec.quantization else None)  # as `from_pretrained_kwargs`
     dtype = dtype or getattr(config, "dtype", None) or torch.float32  # from_pretrained's default: the checkpoint's own
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     return parameter_bytes(model, dtype, spec.quantization)
 
 
-def _checkpoint(spec: ModelSpec, recipe: str) -> Path:
-    return Path(spec.path) if spec.path else SHIPPED_DIR / f"{recipe}.safetensors"
-
-
 def estimate_own_bytes(spec: ModelSpec, recipe: str) -> int:
     "Memory one of the book's models will take: built on the meta device from its checkpoint's provenance config."
     from accelerate import init_empty_weights
 
-    config = read_provenance(_checkpoint(spec, recipe))["config"]
+    config = read_provenance(Path(spec.path) if spec.path else SHIPPED_DIR / f"{recipe}.safetensors")["config"]
     with init_empty_weights():
         model = get_recipe(recipe).build(config)
     return parameter_bytes(model)
@@ -207,7 +193,7 @@ def _hf_kwargs(spec: ModelSpec) -> dict:
     return {"name": spec.name, "device": spec.device, "dtype": spec.dtype, "quantization": spec.quantization}
 
 
-def _own_kwargs(spec: ModelSpec, recipe: str) -> dict:
+def _own_kwargs(spec: ModelSpec) -> dict:
     return {"name": spec.name, "device": spec.device, "checkpoint": spec.path}
 
 
@@ -227,15 +213,15 @@ for model_type in (
     ModelType("qwen-vl", lambda s: QwenVLAdapter(s.path, **s.options, **_hf_kwargs(s)),
               lambda s: estimate_hf_bytes(s, "AutoModelForImageTextToText"), lambda s: HF_CAPTIONER,
               languages=QwenVLAdapter.languages, options=frozenset({"min_pixels", "max_pixels"})),
-    ModelType("miniclip", lambda s: MiniCLIPAdapter(**_own_kwargs(s, "miniclip")),
+    ModelType("miniclip", lambda s: MiniCLIPAdapter(**_own_kwargs(s)),
               lambda s: estimate_own_bytes(s, "miniclip"), lambda s: MiniCLIPAdapter.capabilities,
               languages=MiniCLIPAdapter.languages, needs_path=False),
     ModelType("illustrator", lambda s: IllustratorAdapter(recipe=s.options.get("recipe", "dit"), **{
-                  k: v for k, v in s.options.items() if k != "recipe"}, **_own_kwargs(s, "dit")),
+                  k: v for k, v in s.options.items() if k != "recipe"}, **_own_kwargs(s)),
               lambda s: estimate_own_bytes(s, s.options.get("recipe", "dit")), lambda s: IllustratorAdapter.capabilities,
               languages=IllustratorAdapter.languages, needs_path=False,
               options=frozenset({"recipe", "steps", "guidance_scale", "seed", "known_words_only"})),
-    ModelType("describer", lambda s: DescriberAdapter(**_own_kwargs(s, "judge")),
+    ModelType("describer", lambda s: DescriberAdapter(**_own_kwargs(s)),
               lambda s: estimate_own_bytes(s, "judge"), lambda s: DescriberAdapter.capabilities,
               languages=DescriberAdapter.languages, needs_path=False),
     ModelType("writer", lambda s: StoryWriterAdapter(s.name, **s.options), lambda s: 0,
@@ -711,8 +697,9 @@ class TaskCoordinator:
         return await asyncio.to_thread(getattr(self, task), *args, **kwargs)
 
     async def astream(self, prompt: str, image: Image.Image | None = None) -> AsyncIterator[str]:
-        """`stream` as an async iterator: chunks arrive while the event loop keeps serving other tasks. Leaving the loop
-        early stops the stream and releases the model."""
+        """`stream` as an async iterator: chunks arrive while the event loop keeps serving other tasks. Closing it stops
+        the stream and releases the model; to leave a loop early, wrap it in `contextlib.aclosing` so that happens at
+        once rather than when the iterator is garbage-collected."""
         loop, queue, done, stop = asyncio.get_running_loop(), asyncio.Queue(), object(), threading.Event()
 
         def produce() -> None:

@@ -1,6 +1,7 @@
 """The model manager and the task coordinator on the book's own models: config validation, lazy loading, the memory
 budget with pinning, unloading, concurrent loads, failures, routing, the embedding cache and feedback on disk."""
 import asyncio
+import contextlib
 import json
 import random
 import weakref
@@ -141,6 +142,13 @@ def test_streams_release_their_pin_and_raise_errors():
     async def collect():
         return [chunk async for chunk in coordinator.astream("A story about Pip.")]
     assert "".join(asyncio.run(collect())) == coordinator.write_story("A story about Pip.")
+
+    async def first_only():
+        async with contextlib.aclosing(coordinator.astream("A story about Pip.")) as chunks:
+            async for chunk in chunks:
+                return chunk
+    assert asyncio.run(first_only()).startswith("Once upon a time")
+    assert manager._pins["writer"] == 0  # left early, closed: the writer is free again
 
     async def failing():
         return [chunk async for chunk in coordinator.astream("describe this", IMAGES[0])]
