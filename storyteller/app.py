@@ -17,9 +17,11 @@ from typing import Any
 from PIL import Image
 
 # %% auto #0
-__all__ = ['SCHEMA_VERSION', 'LANGUAGES', 'IMAGE_SOURCES', 'STORY_PROMPT', 'StoryError', 'check_language', 'Character',
-           'StoryScene', 'Story', 'image_paths', 'png_bytes', 'story_record', 'save_story', 'load_story', 'to_markdown',
-           'to_html', 'look_words', 'StorytellerAI', 'character_consistency']
+__all__ = ['SCHEMA_VERSION', 'LANGUAGES', 'IMAGE_SOURCES', 'SHIPPED_CHARACTERS', 'APP_CONFIG', 'APP_GPU_CONFIG', 'STORY_PROMPT',
+           'PLACES', 'SPOTS', 'StoryError', 'check_language', 'Character', 'StoryScene', 'Story', 'image_paths',
+           'png_bytes', 'story_record', 'save_story', 'load_story', 'to_markdown', 'to_html', 'look_words',
+           'storyworld_name', 'character_look', 'CharacterIllustrator', 'names_look', 'first_word', 'name_at',
+           'paragraph_scene', 'paragraphs', 'prompt_characters', 'StorytellerAI', 'character_consistency', 'show_story']
 
 # %% ../nbs/08_storyteller.ipynb #cda94a84
 SCHEMA_VERSION = 1
@@ -242,9 +244,19 @@ def to_html(story: Story) -> str:
             + (f'<h2>{"角色" if zh else "Characters"}</h2><div class="gallery">{gallery}</div>' if gallery else "")
             + "".join(scenes) + "</body></html>\n")
 
-# %% ../nbs/08_storyteller.ipynb #0b6cdc2f
-from .manager import OFFLINE_CONFIG, ModelManager, TaskCoordinator
-from .storyworld import COLOURS, SHAPES, SIZES, ZH
+# %% ../nbs/08_storyteller.ipynb #1646ae76
+import hashlib
+import re
+from dataclasses import asdict
+
+from . import lora
+from .adapters import IllustratorAdapter, _own_model
+from .core import SHIPPED_DIR, git_commit, hardware, storyteller_home, versions
+from .manager import (GPU_CONFIG, OFFLINE_CONFIG, ModelType, _own_kwargs, estimate_own_bytes,
+                                 register_model_type)
+from .storyworld import COLOURS, NAMES, SHAPES, SIZES, ZH
+
+SHIPPED_CHARACTERS = SHIPPED_DIR / "characters"  # adapters of the demo's characters for the shipped U-Net
 
 
 def look_words(description: str) -> dict[str, str]:
@@ -252,24 +264,217 @@ def look_words(description: str) -> dict[str, str]:
     found = {}
     for field_name, words in (("shape", SHAPES), ("colour", COLOURS), ("size", SIZES)):
         for word in words:
-            if word in description.lower() or ZH[field_name][word] in description:
+            if re.search(rf"(?<![A-Za-z]){word}(?![A-Za-z])", description, re.IGNORECASE) or ZH[field_name][word] in description:
                 found[field_name] = word
                 break
     return found
 
 
-STORY_PROMPT = {"en": ("A story about {cast}.", "{name}, {description}", ", and "),
-                "zh": ("讲一个关于{cast}的故事。", "{name}（{description}）", "和")}
+def storyworld_name(name: str, required: bool = True) -> str | None:
+    """The StoryWorld name a character is called by (English for a Chinese name): the word its adapter is taught.
+    A name outside StoryWorld is an error, or None when not `required`."""
+    for known in NAMES:
+        if name.lower() == known.lower() or name == ZH["name"][known]:
+            return known
+    if not required:
+        return None
+    raise StoryError(f"character {name!r}: the book's illustrator learns only StoryWorld's names "
+                     f"({', '.join(NAMES)}, or their Chinese forms)")
+
+
+def character_look(name: str, description: str) -> lora.Character:
+    "The look an adapter teaches for character `name`, read from its description; it must name a shape, colour and size."
+    look = look_words(description)
+    missing = [f for f in ("shape", "colour", "size") if f not in look]
+    if missing:
+        raise StoryError(f"character {name!r}: its description {description!r} names no {' and no '.join(missing)}, "
+                         "so there is no look to teach")
+    return lora.Character(storyworld_name(name), look["shape"], look["colour"], look["size"])
+
+
+class CharacterIllustrator(IllustratorAdapter):
+    """Chapter 7's illustrator (the U-Net by default) with a LoRA adapter per character (chapter 6): each prompt is
+    drawn with the adapter of the first character it names, prompts naming none with the adapters off."""
+
+    def __init__(self, characters: dict[str, str | Path] | None = None, recipe: str = "unet",
+                 checkpoint: str | Path | None = None, **kwargs):
+        super().__init__(recipe=recipe, checkpoint=checkpoint, **kwargs)
+        self.recipe, self.checkpoint = recipe, checkpoint
+        self.base = f"shipped-{recipe}" if checkpoint is None else hashlib.sha1(self.fingerprint.encode()).hexdigest()[:10]
+        self.adapters: dict[str, Path] = {}
+        for name, folder in (characters or {}).items():
+            self.add_adapter(name, folder)
+
+    def add_adapter(self, name: str, folder: str | Path) -> None:
+        "Use the adapter in `folder` for character `name` (checked now, so a bad adapter fails here, not mid-story)."
+        lora.read_adapter_config(folder)
+        self.adapters[storyworld_name(name)] = Path(folder)
+
+    def adapter_name(self, character: lora.Character, steps: int, n_pairs: int) -> str:
+        "The folder name of an adapter: the character, its look, how it was trained and the base model it fits."
+        return f"{character.name}-{character.size}-{character.colour}-{character.shape}-{steps}-{n_pairs}pairs-{self.base}"
+
+    def learn(self, character: lora.Character, steps: int = 150, n_pairs: int = 32, progress: bool = True) -> Path:
+        """The adapter for `character` — shipped, cached in STORYTELLER_HOME, or else trained now on a fresh copy of the
+        base model (32 pictures of it alone, `n_pairs` beside another actor) and cached — put to use for its name.
+        Returns its folder."""
+        name = self.adapter_name(character, steps, n_pairs)
+        roots = [SHIPPED_CHARACTERS] if self.checkpoint is None else []
+        found = [root / name for root in roots + [storyteller_home() / "characters"]
+                 if (root / name / lora.ADAPTER_CONFIG).is_file()]
+        if found:
+            folder = found[0]
+        else:
+            base = _own_model(self.recipe, None, self.checkpoint)[0]
+            history = lora.teach_character(base, character, steps=steps, progress=progress, n_pairs=n_pairs)
+            folder = lora.save_adapter(base.denoiser, storyteller_home() / "characters" / name, f"storyteller {self.base}")
+            provenance = {"character": asdict(character), "steps": steps, "n_pairs": n_pairs, "base": self.base,
+                          "seconds": round(history.seconds, 1), "final_loss": round(history.smoothed()[-1], 5),
+                          "hardware": hardware(), "versions": versions(), "git_commit": git_commit()}
+            (folder / "provenance.json").write_text(json.dumps(provenance, indent=1))
+        self.add_adapter(character.name, folder)
+        return folder
+
+    def known_words(self, prompt: str) -> str:
+        "Chapter 7's filter, then cut to what the text encoder reads: a story paragraph can be longer than a caption."
+        tokenizer, kept = self.model.tokenizer, super().known_words(prompt)
+        ids = tokenizer(kept, add_special_tokens=False, verbose=False)["input_ids"]
+        room = tokenizer.model_max_length - tokenizer.num_special_tokens_to_add()
+        return tokenizer.decode(ids[:room]) if len(ids) > room else kept
+
+    def hero(self, prompt: str) -> str | None:
+        "The first character with an adapter that `prompt` names (as a whole word, or by its Chinese name)."
+        hits = [(m.start(), name) for name in self.adapters
+                for m in re.finditer(rf"(?<![A-Za-z]){name}(?![A-Za-z])|{ZH['name'][name]}", prompt, re.IGNORECASE)]
+        return min(hits)[1] if hits else None
+
+    def generate_image(self, prompts):
+        heroes = [self.hero(p) for p in prompts]
+        images: list = [None] * len(prompts)
+        for hero in dict.fromkeys(heroes):
+            members = [i for i, h in enumerate(heroes) if h == hero]
+            if hero is None:
+                with lora.lora_disabled(self.model.denoiser):
+                    drawn = super().generate_image([prompts[i] for i in members])
+            else:
+                lora.load_adapter(self.model.denoiser, self.adapters[hero])
+                drawn = super().generate_image([prompts[i] for i in members])
+            for i, image in zip(members, drawn):
+                images[i] = image
+        return images
+
+
+register_model_type(ModelType(
+    "character-illustrator", lambda s: CharacterIllustrator(**s.options, **_own_kwargs(s)),
+    lambda s: estimate_own_bytes(s, s.options.get("recipe", "unet")), lambda s: CharacterIllustrator.capabilities,
+    languages=CharacterIllustrator.languages, needs_path=False,
+    options=frozenset({"recipe", "characters", "steps", "guidance_scale", "seed", "known_words_only"})))
+
+
+def _with_illustrator(config: dict, illustrator: dict, drop: tuple[str, ...] = ()) -> dict:
+    "`config` with its illustrator replaced and the models named in `drop` left out."
+    return {"models": [m for m in config["models"] if m["name"] not in ("illustrator", *drop)] + [illustrator]}
+
+
+APP_CONFIG = _with_illustrator(OFFLINE_CONFIG, {"name": "illustrator", "type": "character-illustrator"})
+# LLaVA-1.5 (7B, 14 GB in float16) does not fit a 16 GB T4 beside the others: Qwen2-VL writes, in both languages
+APP_GPU_CONFIG = _with_illustrator(GPU_CONFIG, {"name": "illustrator", "type": "character-illustrator", "device": "cuda"},
+                                   drop=("llava",))
+
+# %% ../nbs/08_storyteller.ipynb #d554bd5c
+import random
+import zlib
+
+from .adapters import Capability
+from .storyworld import POSITIONS, Actor, Scene, caption
+from .manager import ModelManager, TaskCoordinator
+
+
+STORY_PROMPT = {"en": ("Write a short story in four paragraphs about {cast}.", "{name}, {description}", ", and "),
+                "zh": ("写一个关于{cast}的短故事，分四段。", "{name}（{description}）", "和")}
+
+
+def names_look(text: str, description: str) -> bool:
+    "Whether `text` already names the look in `description`: all its shape, colour and size words (else the description itself)."
+    look = look_words(description)
+    if not look:
+        return description in text
+    return all(re.search(rf"(?<![A-Za-z]){word}(?![A-Za-z])", text, re.IGNORECASE) or ZH[f][word] in text
+               for f, word in look.items())
+
+
+PLACES = {"en": {"night sky": "night", "blue sky": "sky", "sky": "sky", "meadow": "meadow", "desert": "desert",
+                  "sea": "sea", "forest": "forest"},
+          "zh": {word: key for key, word in ZH["background"].items()}}
+SPOTS = {"en": {"left": "left", "centre": "centre", "center": "centre", "right": "right"},
+         "zh": {word: key for key, word in ZH["position"].items()}}
+
+
+def first_word(text: str, table: dict[str, str], language: str) -> str | None:
+    "The value of the first key of `table` that `text` names (longest keys first; English keys as whole words)."
+    pattern = "|".join(sorted(map(re.escape, table), key=len, reverse=True))
+    if language == "en":
+        pattern = rf"(?<![A-Za-z])(?:{pattern})(?![A-Za-z])"
+    found = re.search(pattern, text, re.IGNORECASE)
+    return table[found.group(0).lower()] if found else None
+
+
+def name_at(name: str, text: str) -> int | None:
+    "Where `text` first names character `name` (as a whole word, or by its Chinese StoryWorld name), if it does."
+    hits = [m.start() for m in (re.search(rf"(?<![A-Za-z]){re.escape(name)}(?![A-Za-z])", text),
+                                re.search(re.escape(ZH["name"].get(name, "\0")), text)) if m]
+    return min(hits) if hits else None
+
+
+def paragraph_scene(text: str, characters: dict[str, Character], language: str = "en") -> Scene | None:
+    """The StoryWorld scene a paragraph tells of: the first background it names and the first two of `characters` it
+    names, each with its look and the position named after it (else a free one). None when it names no background
+    or no character, or a character's description has no full StoryWorld look."""
+    background = first_word(text, PLACES[language], language)
+    found = sorted((at, name) for name in characters if (at := name_at(name, text)) is not None)[:2]
+    if background is None or not found:
+        return None
+    looks, spots = [], []
+    for i, (at, name) in enumerate(found):
+        look = look_words(characters[name].description)
+        if len(look) < 3:
+            return None
+        looks.append(look)
+        spot = first_word(text[at:found[i + 1][0] if i + 1 < len(found) else len(text)], SPOTS[language], language)
+        spots.append(spot if spot not in spots else None)
+    free = [p for p in (["centre"] if len(found) == 1 else ["left", "right", "centre"]) + list(POSITIONS) if p not in spots]
+    spots = [spot or free.pop(0) for spot in spots]
+    actors = [Actor(look["shape"], look["colour"], look["size"], spot, storyworld_name(name, required=False))
+              for look, spot, (_, name) in zip(looks, spots, found)]
+    return Scene(background, tuple(sorted(actors, key=lambda a: POSITIONS.index(a.position))))
+
+
+def paragraphs(text: str) -> list[str]:
+    "A story's paragraphs: blocks between blank lines (or the lines, when a writer puts no blank line between them)."
+    blocks = [b.strip() for b in re.split(r"\n\s*\n", text) if b.strip()]
+    return [line.strip() for line in text.splitlines() if line.strip()] if len(blocks) == 1 else blocks
+
+
+def prompt_characters(prompt: str) -> dict[str, str]:
+    """The StoryWorld characters a prompt names, each with its look as the template writer will draw it (the look
+    words named after the name; the rest drawn, seeded by the prompt) — named as the prompt names them."""
+    from storyteller.adapters import is_chinese, story_cast
+    from storyteller.storyworld import actor_phrase
+    language = "zh" if is_chinese(prompt) else "en"
+    cast = story_cast(prompt, random.Random(zlib.crc32(prompt.encode())))
+    named = [a for a in cast if re.search(rf"(?<![A-Za-z]){a.name}(?![A-Za-z])|{ZH['name'][a.name]}", prompt, re.IGNORECASE)]
+    return {(ZH["name"][a.name] if language == "zh" else a.name):
+            actor_phrase(Actor(a.shape, a.colour, a.size, a.position), language) for a in named}
 
 
 class StorytellerAI:
     """Writes, illustrates, questions and saves one story at a time, in English or Chinese, through a coordinator of
-    chapter 7 (by default over the book's own models, offline). Pictures come from a generator or, given a `pool`,
+    chapter 7 (by default `APP_CONFIG`: the book's own models, offline). Pictures come from a generator or, given a `pool`,
     by retrieval from it."""
 
     def __init__(self, coordinator: TaskCoordinator | None = None, language: str = "en",
                  pool: list[Image.Image] | None = None):
-        self.coordinator = coordinator or TaskCoordinator(ModelManager.from_config(OFFLINE_CONFIG))
+        self.coordinator = coordinator or TaskCoordinator(ModelManager.from_config(APP_CONFIG))
         self.language = check_language(language)
         self.pool = pool
         self.story: Story | None = None
@@ -322,6 +527,23 @@ class StorytellerAI:
         self.current.scenes.append(StoryScene(text, image, "user" if image is not None else None, description, names))
         return len(self.current.scenes) - 1
 
+    def can_learn_characters(self) -> bool:
+        "Whether the illustrator this story would use can learn characters (a `character-illustrator` model)."
+        spec = self.coordinator.manager.spec(self.coordinator.route(Capability.IMAGE_GENERATION, self.language))
+        return spec.type == "character-illustrator"
+
+    def teach_character(self, name: str, steps: int = 150, progress: bool = True) -> Path:
+        """Give the illustrator an adapter for character `name`, so that it looks the same in every picture (shipped or
+        cached adapters load at once; a new look trains for `steps` steps). Returns the adapter's folder."""
+        if name not in self.current.characters:
+            raise StoryError(f"no character named {name!r}; the story has {', '.join(self.current.characters) or 'none'}")
+        look = character_look(name, self.current.characters[name].description)
+        with self.coordinator.manager.use(self.coordinator.route(Capability.IMAGE_GENERATION, self.language)) as model:
+            if not isinstance(model, CharacterIllustrator):
+                raise StoryError(f"the illustrator {model.name!r} ({type(model).__name__}) cannot learn characters: "
+                                 "give the config a 'character-illustrator' model")
+            return model.learn(look, steps, progress=progress)
+
     def story_prompt(self, names: list[str] | None = None, extra: str = "") -> str:
         "The prompt for the writer: the story's characters (or `names`), hero first, with their looks, in the story's language."
         characters = [self.current.characters[n] for n in (names or list(self.current.characters))]
@@ -332,15 +554,17 @@ class StorytellerAI:
         return " ".join(filter(None, [story.format(cast=cast), extra]))
 
     def _names_in(self, text: str) -> list[str]:
-        "The story's characters a text names (by their name, or in Chinese by its StoryWorld transcription)."
-        from storyteller.storyworld import ZH
-        return [n for n in self.current.characters if n in text or ZH["name"].get(n, "\0") in text]
+        "The story's characters a text names (as a whole word, or in Chinese by its StoryWorld transcription)."
+        return [n for n in self.current.characters if name_at(n, text) is not None]
 
     def write_story(self, prompt: str | None = None, illustrate: str | None = "generate") -> list[int]:
         "Ask the writer for a story and add a scene per paragraph (illustrated, unless `illustrate` is None); their indices."
         prompt = prompt or self.story_prompt()
         first = len(self.current.scenes)
-        for paragraph in self.coordinator.write_story(prompt).split("\n\n"):
+        written = paragraphs(self.coordinator.write_story(prompt))
+        if not written:
+            raise StoryError(f"the writer returned no text for {prompt!r}")
+        for paragraph in written:
             self.current.scenes.append(StoryScene(paragraph, characters=self._names_in(paragraph)))
         indices = list(range(first, len(self.current.scenes)))
         if illustrate is not None:
@@ -351,15 +575,21 @@ class StorytellerAI:
         "New text for scene `index`, about its characters (an opening for the first scene, a middle part otherwise)."
         scene = self.scene(index)
         cast = scene.characters + [n for n in self.current.characters if n not in scene.characters]  # its own first
-        paragraphs = self.coordinator.write_story(self.story_prompt(cast, f"({index + 1})")).split("\n\n")
-        scene.text = paragraphs[0] if index == 0 or len(paragraphs) < 3 else paragraphs[1 + (index - 1) % (len(paragraphs) - 2)]
+        written = paragraphs(self.coordinator.write_story(self.story_prompt(cast, f"({index + 1})")))
+        if not written:
+            raise StoryError(f"the writer returned no text for scene {index}")
+        scene.text = written[0] if index == 0 or len(written) < 3 else written[1 + (index - 1) % (len(written) - 2)]
         scene.characters = self._names_in(scene.text) or scene.characters
         return scene.text
 
     def illustration_prompt(self, scene: StoryScene) -> str:
-        "What the illustrator is asked to draw: the scene's text, plus the look of each character the text does not describe."
+        """What the illustrator is asked to draw: the English StoryWorld caption of the scene the text tells of, when it
+        can be read (`paragraph_scene`); else the text, plus the look of each character the text does not name."""
+        plan = paragraph_scene(scene.text, {n: self.current.characters[n] for n in scene.characters}, self.language)
+        if plan is not None:
+            return caption(plan, "en")  # in English, the language the illustrator learns characters in
         looks = [self.current.characters[n].description for n in scene.characters
-                 if self.current.characters[n].description not in scene.text]
+                 if not names_look(scene.text, self.current.characters[n].description)]
         return " ".join([scene.text, *looks]).strip()
 
     def illustrate_scenes(self, indices: list[int], mode: str = "generate") -> list[Image.Image]:
@@ -406,11 +636,14 @@ class StorytellerAI:
         return index
 
     def visualise_character(self, name: str) -> Image.Image:
-        "A picture of character `name` drawn from its description (kept as the character's picture)."
+        "A portrait of character `name` from its look (alone, in a meadow), kept as the character's picture."
         if name not in self.current.characters:
             raise StoryError(f"no character named {name!r}; the story has {', '.join(self.current.characters) or 'none'}")
         character = self.current.characters[name]
-        character.image = self.coordinator.illustrate([character.description])[0]
+        look = look_words(character.description)
+        prompt = character.description if len(look) < 3 else caption(  # a portrait: the character alone, in the middle
+            Scene("meadow", (Actor(look["shape"], look["colour"], look["size"], "centre", storyworld_name(name, False)),)))
+        character.image = self.coordinator.illustrate([prompt])[0]
         return character.image
 
     def assemble(self) -> str:
@@ -427,7 +660,7 @@ class StorytellerAI:
         self.language = self.story.language
         return self.story
 
-# %% ../nbs/08_storyteller.ipynb #4f62e190
+# %% ../nbs/08_storyteller.ipynb #111240f7
 def character_consistency(story: Story, judge) -> dict[str, float]:
     """For each character, the share of its illustrated scenes whose picture shows an actor with the character's look
     (the shape, colour and size its description names), as the judge reads the pictures."""
@@ -442,3 +675,26 @@ def character_consistency(story: Story, judge) -> dict[str, float]:
             look = look_words(story.characters[name].description)
             shown.setdefault(name, []).append(any(all(getattr(a, k) == v for k, v in look.items()) for a in seen.actors))
     return {name: sum(v) / len(v) for name, v in shown.items()}
+
+# %% ../nbs/08_storyteller.ipynb #d570745d
+def show_story(story: Story, ncols: int = 3, width: int = 34):
+    "The story's illustrated scenes as a figure: each picture with its text under it."
+    import math
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    scenes = [s for s in story.scenes if s.image is not None]
+    if not scenes:
+        raise StoryError("the story has no illustrated scene to show")
+    rows = math.ceil(len(scenes) / ncols)
+    fig, axes = plt.subplots(rows, ncols, figsize=(3.2 * ncols, 5.0 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, scene) in enumerate(zip(axes.flat, scenes), 1):
+        ax.imshow(scene.image, interpolation="nearest")
+        ax.set_title(f"{i}", fontsize=9, loc="left")
+        ax.text(0, -0.04, "\n".join(textwrap.wrap(scene.text, width)), transform=ax.transAxes, va="top", fontsize=8)
+    fig.suptitle(story.title)
+    fig.tight_layout()
+    return fig

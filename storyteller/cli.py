@@ -12,7 +12,7 @@ from .core import (PROFILES, RECIPES, SHIPPED_DIR, CheckpointError, describe_pro
                               get_profile, get_recipe, read_provenance, storyteller_home, train_model)
 
 # %% auto #0
-__all__ = ['DEMO', 'build_parser', 'main']
+__all__ = ['DEMO', 'OneLineParser', 'build_parser', 'main']
 
 # %% ../nbs/A2_cli.ipynb #6b4537bb
 def _parse_override(text: str) -> tuple[str, object]:
@@ -26,9 +26,16 @@ def _parse_override(text: str) -> tuple[str, object]:
         return key, value
 
 
+class OneLineParser(argparse.ArgumentParser):
+    "An argument parser whose usage errors are one line on stderr (`storyteller: error: …`), exit status 2."
+
+    def error(self, message: str):
+        self.exit(2, f"storyteller: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     "The argument parser of the `storyteller` command."
-    parser = argparse.ArgumentParser(prog="storyteller", description="The storyteller course library.")
+    parser = OneLineParser(prog="storyteller", description="The storyteller course library.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a named model and save it with its provenance")
     train.add_argument("name", help="recipe name (see `storyteller list`)")
@@ -94,7 +101,8 @@ def _demo(args: argparse.Namespace) -> str:
     teller = StorytellerAI(language=args.lang)
     steps = tqdm(total=6, desc="storyteller demo", unit="step")
     for label, run in (
-        ("characters", lambda: (teller.create_story(title), [teller.add_character(n, d) for n, d in characters.items()])),
+        ("characters", lambda: (teller.create_story(title), [teller.add_character(n, d) for n, d in characters.items()],
+                                [teller.teach_character(n) for n in characters])),
         ("writing and illustrating", teller.write_story),
         ("questions", lambda: [teller.ask(i, question) for i in range(len(teller.current.scenes))]),
         ("continuing", lambda: teller.continue_story(continuation)),
@@ -111,12 +119,16 @@ def _demo(args: argparse.Namespace) -> str:
 def _tell(args: argparse.Namespace) -> str:
     "Run `storyteller tell`: a story for a prompt, written and illustrated by the models of a config."
     from storyteller.adapters import is_chinese
-    from storyteller.app import StorytellerAI
+    from storyteller.app import StorytellerAI, prompt_characters
     from storyteller.manager import ModelManager, TaskCoordinator
 
     teller = StorytellerAI(TaskCoordinator(ModelManager.from_config(args.config)),
                            language="zh" if is_chinese(args.prompt) else "en")
     teller.create_story(args.prompt.strip().rstrip(".。"), args.prompt)
+    for name, description in prompt_characters(args.prompt).items():
+        teller.add_character(name, description)
+        if teller.can_learn_characters():
+            teller.teach_character(name)
     teller.write_story(args.prompt)
     teller.save(args.out)
     return f"wrote {args.out / 'story.html'} ({len(teller.current.scenes)} scenes)"
@@ -124,6 +136,7 @@ def _tell(args: argparse.Namespace) -> str:
 
 def _models(args: argparse.Namespace) -> str:
     "Run `storyteller models`: each model of a config with its type, source, capabilities and languages."
+    import storyteller.app  # noqa: F401  (registers the app's model types, such as character-illustrator)
     from storyteller.manager import MODEL_TYPES, read_config
 
     lines = []
@@ -139,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     "Entry point of the `storyteller` command; returns the exit status. User errors print one line and return 2."
     from storyteller.manager import ModelLoadError, NoCapableModel
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already reported in one line
+        return int(e.code or 0)
     commands = {"train": _train, "list": lambda _: _list(), "demo": _demo, "tell": _tell, "models": _models}
     try:
         print(commands[args.command](args))
