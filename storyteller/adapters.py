@@ -582,7 +582,7 @@ class IllustratorAdapter(MultimodalModel):
     def known_words(self, prompt: str) -> str:
         "`prompt` without the words the text encoder's tokenizer maps to unknown."
         tokenizer = self.model.tokenizer
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]  # no warning: only counted here
         return tokenizer.decode([i for i in ids if i != tokenizer.unk_token_id])
 
     def generate_image(self, prompts):

@@ -12,7 +12,7 @@ from .core import (PROFILES, RECIPES, SHIPPED_DIR, CheckpointError, describe_pro
                               get_profile, get_recipe, read_provenance, storyteller_home, train_model)
 
 # %% auto #0
-__all__ = ['build_parser', 'main']
+__all__ = ['DEMO', 'OneLineParser', 'build_parser', 'main']
 
 # %% ../nbs/A2_cli.ipynb #6b4537bb
 def _parse_override(text: str) -> tuple[str, object]:
@@ -26,9 +26,16 @@ def _parse_override(text: str) -> tuple[str, object]:
         return key, value
 
 
+class OneLineParser(argparse.ArgumentParser):
+    "An argument parser whose usage errors are one line on stderr (`storyteller: error: …`), exit status 2."
+
+    def error(self, message: str):
+        self.exit(2, f"storyteller: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     "The argument parser of the `storyteller` command."
-    parser = argparse.ArgumentParser(prog="storyteller", description="The storyteller course library.")
+    parser = OneLineParser(prog="storyteller", description="The storyteller course library.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a named model and save it with its provenance")
     train.add_argument("name", help="recipe name (see `storyteller list`)")
@@ -39,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train for the recipe's ship_steps with the cpu config into the package's checkpoints")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     sub.add_parser("list", help="list the recipes and the shipped checkpoints")
+    demo = sub.add_parser("demo", help="write an illustrated story offline, on the book's own models")
+    demo.add_argument("--lang", choices=["en", "zh"], default="en", help="the story's language")
+    demo.add_argument("--out", type=Path, default=Path("storyteller-demo"), help="the story folder to write")
+    tell = sub.add_parser("tell", help="write and illustrate a story from a prompt with the models of a config")
+    tell.add_argument("--config", type=Path, required=True, help="a model config (JSON or YAML)")
+    tell.add_argument("--prompt", required=True, help="what the story is about")
+    tell.add_argument("--out", type=Path, required=True, help="the story folder to write")
+    models = sub.add_parser("models", help="list the models of a config and their capabilities (loads nothing)")
+    models.add_argument("--config", type=Path, required=True, help="a model config (JSON or YAML)")
     return parser
 
 
@@ -68,12 +84,82 @@ def _list() -> str:
     return "\n".join(lines)
 
 
+DEMO = {  # the demo story in each language: title, characters, a question for every scene, the reader's continuation
+    "en": ("Pip and Luna", {"Pip": "a big orange star", "Luna": "a small pink triangle"}, "What is the background?",
+           "Then Pip and Luna went to the sea."),
+    "zh": ("皮普和露娜", {"皮普": "一颗大大的橙色星星", "露娜": "一个小小的粉色三角形"}, "背景是什么地方？", "后来皮普和露娜去了大海。"),
+}
+
+
+def _demo(args: argparse.Namespace) -> str:
+    "Run `storyteller demo`: an illustrated story on the book's own models, step by step with a progress bar."
+    from tqdm.auto import tqdm
+
+    from storyteller.app import StorytellerAI
+
+    title, characters, question, continuation = DEMO[args.lang]
+    teller = StorytellerAI(language=args.lang)
+    steps = tqdm(total=6, desc="storyteller demo", unit="step")
+    for label, run in (
+        ("characters", lambda: (teller.create_story(title), [teller.add_character(n, d) for n, d in characters.items()],
+                                [teller.teach_character(n) for n in characters])),
+        ("writing and illustrating", teller.write_story),
+        ("questions", lambda: [teller.ask(i, question) for i in range(len(teller.current.scenes))]),
+        ("continuing", lambda: teller.continue_story(continuation)),
+        ("character pictures", lambda: [teller.visualise_character(n) for n in characters]),
+        ("saving", lambda: teller.save(args.out)),
+    ):
+        steps.set_postfix_str(label)
+        run()
+        steps.update()
+    steps.close()
+    return f"wrote {args.out / 'story.json'}, {len(list((args.out / 'images').iterdir()))} pictures and {args.out / 'story.html'}"
+
+
+def _tell(args: argparse.Namespace) -> str:
+    "Run `storyteller tell`: a story for a prompt, written and illustrated by the models of a config."
+    from storyteller.adapters import is_chinese
+    from storyteller.app import StorytellerAI, prompt_characters
+    from storyteller.manager import ModelManager, TaskCoordinator
+
+    teller = StorytellerAI(TaskCoordinator(ModelManager.from_config(args.config)),
+                           language="zh" if is_chinese(args.prompt) else "en")
+    teller.create_story(args.prompt.strip().rstrip(".。"), args.prompt)
+    for name, description in prompt_characters(args.prompt).items():
+        teller.add_character(name, description)
+        if teller.can_learn_characters():
+            teller.teach_character(name)
+    teller.write_story(args.prompt)
+    teller.save(args.out)
+    return f"wrote {args.out / 'story.html'} ({len(teller.current.scenes)} scenes)"
+
+
+def _models(args: argparse.Namespace) -> str:
+    "Run `storyteller models`: each model of a config with its type, source, capabilities and languages."
+    import storyteller.app  # noqa: F401  (registers the app's model types, such as character-illustrator)
+    from storyteller.manager import MODEL_TYPES, read_config
+
+    lines = []
+    for spec in read_config(args.config):
+        kind = MODEL_TYPES[spec.type]
+        capabilities = ", ".join(sorted(c.value for c in kind.capabilities(spec)))
+        lines.append(f"{spec.name:14s} {spec.type:12s} {spec.path or 'shipped'}\n{'':14s} {capabilities}; "
+                     f"languages {', '.join(sorted(kind.languages))}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `storyteller` command; returns the exit status."
-    args = build_parser().parse_args(argv)
+    "Entry point of the `storyteller` command; returns the exit status. User errors print one line and return 2."
+    from storyteller.manager import ModelLoadError, NoCapableModel
+
     try:
-        print(_train(args) if args.command == "train" else _list())
-    except (ValueError, KeyError, CheckpointError) as e:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already reported in one line
+        return int(e.code or 0)
+    commands = {"train": _train, "list": lambda _: _list(), "demo": _demo, "tell": _tell, "models": _models}
+    try:
+        print(commands[args.command](args))
+    except (ValueError, KeyError, NoCapableModel, ModelLoadError, CheckpointError, OSError) as e:
         print(f"storyteller: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     return 0

@@ -20,9 +20,9 @@ from torch import nn
 
 from .core import History, _atomic_write, fit, to_pil
 from .diffusion import TextToImage
-from .storyworld import (BACKGROUNDS, EN, POSITIONS, Actor, AttributeJudge, Scene, StoryWorldDataset,
-                                    attributes_found, build_tokenizer, fact_scores, judge_predictions, render,
-                                    scene_attributes, to_tensor)
+from .storyworld import (BACKGROUNDS, COLOURS, EN, POSITIONS, SHAPES, SIZES, Actor, AttributeJudge, Scene,
+                                    StoryWorldDataset, actor_phrase, attributes_found, build_tokenizer, fact_scores,
+                                    judge_predictions, render, scene_attributes, to_tensor)
 
 # %% auto #0
 __all__ = ['ALL_LINEAR', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'PEFT_PREFIX', 'CLIP_BASE', 'BLIP2_OPT', 'LoRALinear',
@@ -509,36 +509,56 @@ class Character:
 
 
 def character_caption(scene: Scene, template: int = 0) -> str:
-    "An English caption that calls the scene's one named actor by name only ('Pip on the left of a night sky')."
-    if len(scene.actors) != 1 or scene.actors[0].name is None:
-        raise ValueError(f"a character caption needs one named actor, got {scene.actors}")
-    actor = scene.actors[0]
-    return EN["one"][template].format(a=actor.name, p=EN["position"][actor.position], bg=EN["background"][scene.background])
+    """An English caption that calls the scene's one named actor by name only ('Pip on the left of a night sky'; beside
+    another actor: 'Pip on the left and a small red circle on the right in a meadow')."""
+    named = [a for a in scene.actors if a.name is not None]
+    if len(named) != 1:
+        raise ValueError(f"a character caption needs exactly one named actor, got {scene.actors}")
+    say = lambda actor: actor.name or actor_phrase(actor)
+    bg, where = EN["background"][scene.background], EN["position"]
+    if len(scene.actors) == 1:
+        return EN["one"][template].format(a=say(named[0]), p=where[named[0].position], bg=bg)
+    first, second = scene.actors
+    return EN["two"][template].format(a1=say(first), p1=where[first.position], a2=say(second), p2=where[second.position], bg=bg)
 
 
-def character_prompts(character: Character, n: int = 32, seed: int = 1) -> tuple[list[str], list[Scene]]:
-    "`n` captions of `character` at random positions and backgrounds, and their scenes (seed 0 makes the training examples)."
-    rng = random.Random(f"character-{character.name}-{seed}")
-    scenes = [Scene(rng.choice(BACKGROUNDS), (character.actor(rng.choice(POSITIONS)),)) for _ in range(n)]
-    return [character_caption(s, rng.randrange(len(EN["one"]))) for s in scenes], scenes
+def character_prompts(character: Character, n: int = 32, seed: int = 1, pairs: bool = False) -> tuple[list[str], list[Scene]]:
+    """`n` captions of `character` at random positions and backgrounds, and their scenes (seed 0 makes the training
+    examples); with `pairs`, each scene puts another, unnamed actor beside the character."""
+    rng = random.Random(f"character-{character.name}-{seed}" + ("-pairs" if pairs else ""))
+    scenes = []
+    for _ in range(n):
+        if not pairs:
+            scenes.append(Scene(rng.choice(BACKGROUNDS), (character.actor(rng.choice(POSITIONS)),)))
+            continue
+        left, right = sorted(rng.sample(POSITIONS, 2), key=POSITIONS.index)
+        mine, other = (left, right) if rng.random() < 0.5 else (right, left)
+        stranger = Actor(rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(SIZES), other)
+        scenes.append(Scene(rng.choice(BACKGROUNDS), tuple(sorted([character.actor(mine), stranger],
+                                                                  key=lambda a: POSITIONS.index(a.position)))))
+    templates = len(EN["two" if pairs else "one"])
+    return [character_caption(s, rng.randrange(templates)) for s in scenes], scenes
 
 
-def character_examples(character: Character, n: int = 32, image_size: int = 32) -> list[dict]:
-    "The `n` training examples of `character`: rendered scenes with name-only captions."
+def character_examples(character: Character, n: int = 32, image_size: int = 32, n_pairs: int = 0) -> list[dict]:
+    "The training examples of `character`: `n` rendered scenes of it alone and `n_pairs` beside another actor, name-only captions."
     captions, scenes = character_prompts(character, n, seed=0)
+    pair_captions, pair_scenes = character_prompts(character, n_pairs, seed=0, pairs=True)
     return [{"image": to_tensor(render(s, image_size, seed=i)), "caption": c}
-            for i, (s, c) in enumerate(zip(scenes, captions))]
+            for i, (s, c) in enumerate(zip(scenes + pair_scenes, captions + pair_captions))]
+
 
 # %% ../nbs/06_lora.ipynb #b1b3b69d
 def character_loader(character: Character, steps: int, batch_size: int = 32, n_examples: int = 32,
                      prior_share: float = 0.25, n_prior: int = 1024, image_size: int = 32,
-                     seed: int = 0) -> torch.utils.data.DataLoader:
-    """`steps` batches drawn with replacement from the character's `n_examples` and from one-actor StoryWorld training
-    scenes, these making `prior_share` of each batch on average (prior preservation, as DreamBooth)."""
+                     seed: int = 0, n_pairs: int = 0) -> torch.utils.data.DataLoader:
+    """`steps` batches drawn with replacement from the character's examples (`n_examples` alone, `n_pairs` beside
+    another actor) and from StoryWorld training scenes (one-actor ones unless there are pairs), these making
+    `prior_share` of each batch on average (prior preservation, as DreamBooth)."""
     if not 0 <= prior_share < 1:
         raise ValueError(f"prior_share must be in [0, 1), got {prior_share}")
-    own = character_examples(character, n_examples, image_size)
-    prior = StoryWorldDataset("train", n=n_prior, n_actors=1, image_size=image_size) if prior_share else []
+    own = character_examples(character, n_examples, image_size, n_pairs)
+    prior = StoryWorldDataset("train", n=n_prior, n_actors=None if n_pairs else 1, image_size=image_size) if prior_share else []
     items = own + [{"image": item["image"], "caption": item["caption"]} for item in prior]
     weights = torch.tensor([(1 - prior_share) / len(own)] * len(own) + [prior_share / max(len(prior), 1)] * len(prior))
     sampler = torch.utils.data.WeightedRandomSampler(weights, steps * batch_size, replacement=True,
@@ -548,12 +568,15 @@ def character_loader(character: Character, steps: int, batch_size: int = 32, n_e
 
 def teach_character(model: TextToImage, character: Character, steps: int = 150, r: int = 8, alpha: float | None = None,
                     lr: float = 5e-3, target_modules: str | Sequence[str] = ALL_LINEAR, n_examples: int = 32,
-                    prior_share: float = 0.25, batch_size: int = 32, seed: int = 0, progress: bool = True) -> History:
-    "Give `model`'s denoiser a LoRA adapter (α = r unless given) and train it so that `character`'s name draws its look."
+                    prior_share: float = 0.25, batch_size: int = 32, seed: int = 0, progress: bool = True,
+                    n_pairs: int = 0) -> History:
+    """Give `model`'s denoiser a LoRA adapter (α = r unless given) and train it so that `character`'s name draws its look
+    (`n_pairs` adds examples of the character beside another actor)."""
     if lora_layers(model.denoiser):
         raise ValueError("the denoiser already has LoRA layers: teach a new character to a fresh base model")
     inject_lora(model.denoiser, target_modules, r, alpha or r)
-    loader = character_loader(character, steps, batch_size, n_examples, prior_share, image_size=model.image_size, seed=seed)
+    loader = character_loader(character, steps, batch_size, n_examples, prior_share, image_size=model.image_size, seed=seed,
+                              n_pairs=n_pairs)
     return fit(model, lambda m, batch: m.loss(batch), loader, steps, lr=lr, warmup=10, progress=progress,
                desc=f"LoRA: {character.name}")
 

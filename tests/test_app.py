@@ -1,0 +1,221 @@
+"""Chapter 8 end to end: the demo command, the story folder's round trip, bad input, and character adapters."""
+import contextlib
+import io
+import json
+import random
+
+import pytest
+import torch
+
+from storyteller import lora
+from storyteller.app import (APP_CONFIG, CharacterIllustrator, Character, Story, StoryError, StorytellerAI, StoryScene,
+                             character_look, load_story, save_story, story_record)
+from storyteller.adapters import IllustratorAdapter
+from storyteller.cli import main
+from storyteller.manager import ModelLoadError, ModelManager, TaskCoordinator
+from storyteller.storyworld import render, sample_scene
+
+
+@pytest.fixture(scope="module")
+def teller():
+    "A storyteller on the default offline models with a two-character, illustrated story (shared: loading takes time)."
+    torch.set_num_threads(2)
+    teller = StorytellerAI()
+    teller.create_story("Pip and Luna")
+    teller.add_character("Pip", "a big orange star")
+    teller.add_character("Luna", "a small pink triangle")
+    teller.write_story()
+    return teller
+
+
+def picture(seed: int):
+    return render(sample_scene(random.Random(seed), 1), 32)
+
+
+def sample_story() -> Story:
+    return Story("Pip and Luna", "en", "A story about Pip.",
+                 {"Pip": Character("Pip", "a big orange star", picture(0)), "Luna": Character("Luna", "a small pink triangle")},
+                 [StoryScene("Once upon a time, Pip lived in a meadow.", picture(1), "generated", "a meadow", ["Pip"],
+                             [("What colour is Pip?", "orange")]),
+                  StoryScene("Pip met Luna.", None, None, "", ["Pip", "Luna"]),
+                  StoryScene("They went home.", picture(2), "user", "", [])])
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_demo_end_to_end(tmp_path, lang):
+    "The main job: `storyteller demo` writes a complete, loadable story folder offline, with every picture in the page."
+    out = tmp_path / "story"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["demo", "--lang", lang, "--out", str(out)]) == 0
+    assert "storyteller demo: 100%" in err.getvalue()  # the progress bar ran to the end
+    story = load_story(out)
+    assert story.language == lang and len(story.characters) == 2 and len(story.scenes) == 6
+    pictures = sorted(p.name for p in (out / "images").iterdir())
+    assert len(pictures) == 7  # 5 illustrated scenes (the reader's own scene has none) and 2 character portraits
+    page = (out / "story.html").read_text(encoding="utf-8")
+    assert page.count('src="data:image/png;base64,') == 7 and all(c in page for c in story.characters)
+    assert all(s.text for s in story.scenes) and all(s.questions for s in story.scenes[:4])
+    assert not (tmp_path / "home" / "characters").exists()  # the demo's characters come shipped: nothing trained
+
+
+def test_round_trip_is_lossless_and_saving_changes_nothing(tmp_path):
+    story = sample_story()
+    before = story_record(story)
+    folder = save_story(story, tmp_path / "a")
+    assert story_record(story) == before
+    again = load_story(folder)
+    assert again == story  # every field; pictures equal in pixels, mode and size
+    save_story(again, tmp_path / "b")
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert (tmp_path / "b" / path.relative_to(folder)).read_bytes() == path.read_bytes()
+
+
+def test_a_failed_save_leaves_the_old_story_whole(tmp_path, monkeypatch):
+    import storyteller.app as app
+    folder = save_story(sample_story(), tmp_path / "s")
+    saved = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    changed = sample_story()
+    changed.scenes[0].text = "A different opening."
+    calls = iter(range(100))
+    real = app.png_bytes
+    monkeypatch.setattr(app, "png_bytes", lambda im: real(im) if next(calls) < 2 else (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        save_story(changed, folder)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no staging folder left behind
+
+
+def test_scene_index_out_of_range(teller):
+    n = len(teller.current.scenes)
+    for call in (lambda: teller.ask(n, "What colour?"), lambda: teller.illustrate_scene(n + 3),
+                 lambda: teller.generate_scene_content(-n - 1)):
+        with pytest.raises(StoryError, match=f"does not exist: the story has {n} scene"):
+            call()
+
+
+def test_missing_image(teller, tmp_path):
+    index = teller.add_scene("Pip sat down.", characters=["Pip"])
+    with pytest.raises(StoryError, match=f"scene {index} has no picture to ask about"):
+        teller.ask(index, "What colour is Pip?")
+    folder = teller.save(tmp_path / "story")
+    (folder / "images" / "scene-000.png").unlink()
+    with pytest.raises(StoryError, match=r"scenes\[0\]: image 'images/scene-000.png' is missing"):
+        load_story(folder)
+    teller.current.scenes.pop()
+
+
+def test_unknown_language(teller, tmp_path):
+    with pytest.raises(StoryError, match="unknown language 'fr'"):
+        StorytellerAI(teller.coordinator, language="fr")
+    with pytest.raises(StoryError, match="unknown language 'fr'"):
+        teller.set_language("fr")
+    assert teller.language == "en"
+    folder = save_story(sample_story(), tmp_path / "s")
+    record = json.loads((folder / "story.json").read_text())
+    (folder / "story.json").write_text(json.dumps({**record, "language": "fr"}))
+    with pytest.raises(StoryError, match="unknown language 'fr'"):
+        load_story(folder)
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda r, f: r.update(schema_version=99), "schema version 99 is not supported"),
+    (lambda r, f: r["scenes"][0].update(image="../outside.png"), "scenes[0]: image path '../outside.png' leaves the story folder"),
+    (lambda r, f: r["characters"][0].update(image="/etc/hostname"), "characters[0]: image path '/etc/hostname' leaves"),
+    (lambda r, f: (f / "images" / "scene-002.png").write_bytes(b"GIF89a broken"), "scenes[2]: image 'images/scene-002.png' cannot be read"),
+    (lambda r, f: r["scenes"][1].update(characters=["Max"]), "scenes[1]: field 'characters' names ['Max']"),
+    (lambda r, f: r["scenes"][0].pop("questions"), "scenes[0]: field 'questions' is missing"),
+    (lambda r, f: r.update(scenes={}), "story: field 'scenes' must be list, got dict"),
+])
+def test_tampered_story_folder(tmp_path, tamper, message):
+    folder = save_story(sample_story(), tmp_path / "s")
+    (tmp_path / "outside.png").write_bytes((folder / "images" / "scene-000.png").read_bytes())
+    record = json.loads((folder / "story.json").read_text())
+    tamper(record, folder)
+    (folder / "story.json").write_text(json.dumps(record))
+    with pytest.raises(StoryError) as error:
+        load_story(folder)
+    assert message in str(error.value)
+
+
+def test_corrupt_json_and_not_a_story(tmp_path):
+    folder = save_story(sample_story(), tmp_path / "s")
+    (folder / "story.json").write_text('{"schema_version": 1, "title": "Pip')
+    with pytest.raises(StoryError, match="not valid JSON"):
+        load_story(folder)
+    with pytest.raises(StoryError, match="no story.json"):
+        load_story(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(StoryError, match="not a story folder: refusing to replace it"):
+        save_story(sample_story(), tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_character_illustrator_draws_each_prompt_with_its_heros_adapter(tmp_path):
+    "A mixed batch equals drawing each prompt alone with its own adapter loaded by hand (or none)."
+    artist = CharacterIllustrator()
+    pip, luna = (artist.learn(character_look(n, d), progress=False)
+                 for n, d in (("Pip", "a big orange star"), ("Luna", "a small pink triangle")))
+    prompts = ["Luna in the centre of a meadow", "a red circle in a forest", "Pip and Luna at the beach"]
+    mixed = artist.generate_image(prompts)
+    base = IllustratorAdapter(recipe="unet")  # chapter 7's illustrator: adapters only as loaded here by hand
+    for prompt, adapter, image in zip(prompts, [luna, None, pip], mixed):
+        if adapter is None:
+            with lora.lora_disabled(base.model.denoiser):
+                alone = base.generate_image([prompt])[0]
+        else:
+            lora.load_adapter(base.model.denoiser, adapter)
+            alone = base.generate_image([prompt])[0]
+        assert alone.tobytes() == image.tobytes(), prompt
+
+
+def test_a_new_character_is_trained_once_then_cached(monkeypatch):
+    "Max has no shipped adapter: `learn` trains one into STORYTELLER_HOME, and the second call only loads it."
+    artist = CharacterIllustrator()
+    max_look = lora.Character("Max", "circle", "blue", "small")
+    folder = artist.learn(max_look, steps=3, progress=False)
+    assert folder.parent.name == "characters" and folder.name == "Max-small-blue-circle-3-32pairs-shipped-unet"
+    assert lora.read_adapter_config(folder)["r"] == 8
+    stamp = (folder / lora.ADAPTER_WEIGHTS).stat().st_mtime_ns
+    monkeypatch.setattr(lora, "teach_character", lambda *a, **k: pytest.fail("trained again"))
+    assert CharacterIllustrator().learn(max_look, steps=3, progress=False) == folder
+    assert (folder / lora.ADAPTER_WEIGHTS).stat().st_mtime_ns == stamp
+
+
+def test_bad_character_adapter_in_a_config_is_reported(tmp_path):
+    config = {"models": [m for m in APP_CONFIG["models"] if m["name"] != "illustrator"] +
+              [{"name": "illustrator", "type": "character-illustrator", "options": {"characters": {"Pip": str(tmp_path)}}}]}
+    teller = StorytellerAI(TaskCoordinator(ModelManager.from_config(config)))
+    teller.create_story("Pip")
+    teller.add_character("Pip", "a big orange star")
+    with pytest.raises(ModelLoadError, match="illustrator") as error:
+        teller.write_story()
+    assert "no adapter config" in str(error.value.__cause__)
+
+
+def test_cli_user_errors_are_one_line(tmp_path):
+    story = save_story(sample_story(), tmp_path / "s")
+    config = tmp_path / "models.json"
+    config.write_text(json.dumps({"models": [{"name": "x", "type": "character-illustrator", "options": {"colour": 1}}]}))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["demo", "--lang", "fr"]) == 2
+        assert main(["models", "--config", str(config)]) == 2
+        assert main(["tell", "--config", str(tmp_path / "none.yaml"), "--prompt", "Pip", "--out", str(story)]) == 2
+    lines = err.getvalue().strip().split("\n")
+    assert len(lines) == 3 and all(line.startswith("storyteller") and "error" in line for line in lines), lines
+    assert "invalid choice: 'fr'" in lines[0] and "'colour'" in lines[1] and "no such config file" in lines[2]
+    assert load_story(story) == sample_story()  # the failed `tell` left the story folder alone
+
+
+def test_tell_learns_the_characters_the_prompt_names(tmp_path):
+    config = tmp_path / "models.yaml"
+    config.write_text("models:\n  - {name: writer, type: writer}\n  - {name: describer, type: describer}\n"
+                      "  - {name: illustrator, type: character-illustrator}\n")
+    assert main(["tell", "--config", str(config), "--prompt", "A story about Luna, a small pink triangle.",
+                 "--out", str(tmp_path / "luna")]) == 0
+    story = load_story(tmp_path / "luna")
+    assert story.characters["Luna"].description == "a small pink triangle"
+    assert all("Luna" in s.characters for s in story.scenes)
