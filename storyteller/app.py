@@ -385,8 +385,8 @@ APP_GPU_CONFIG = _with_illustrator(GPU_CONFIG, {"name": "illustrator", "type": "
 import random
 import zlib
 
-from .adapters import Capability
-from .storyworld import POSITIONS, Actor, Scene, caption
+from .adapters import Capability, is_chinese, story_cast
+from .storyworld import POSITIONS, Actor, Scene, actor_phrase, caption
 from .manager import ModelManager, TaskCoordinator
 
 
@@ -458,8 +458,6 @@ def paragraphs(text: str) -> list[str]:
 def prompt_characters(prompt: str) -> dict[str, str]:
     """The StoryWorld characters a prompt names, each with its look as the template writer will draw it (the look
     words named after the name; the rest drawn, seeded by the prompt) — named as the prompt names them."""
-    from storyteller.adapters import is_chinese, story_cast
-    from storyteller.storyworld import actor_phrase
     language = "zh" if is_chinese(prompt) else "en"
     cast = story_cast(prompt, random.Random(zlib.crc32(prompt.encode())))
     named = [a for a in cast if re.search(rf"(?<![A-Za-z]){a.name}(?![A-Za-z])|{ZH['name'][a.name]}", prompt, re.IGNORECASE)]
@@ -661,10 +659,12 @@ class StorytellerAI:
         return self.story
 
 # %% ../nbs/08_storyteller.ipynb #111240f7
+from .adapters import _pixels, read_scenes
+
+
 def character_consistency(story: Story, judge) -> dict[str, float]:
     """For each character, the share of its illustrated scenes whose picture shows an actor with the character's look
     (the shape, colour and size its description names), as the judge reads the pictures."""
-    from storyteller.adapters import _pixels, read_scenes
     shown: dict[str, list[bool]] = {}
     scenes = [s for s in story.scenes if s.image is not None and s.characters]
     if not scenes:
