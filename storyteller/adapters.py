@@ -27,7 +27,7 @@ __all__ = ['CAPTION_STYLES', 'CAPTION_PROMPTS', 'DTYPES', 'QUANTIZATIONS', 'LLAV
            'CLIPAdapter', 'save_tiny_blip2_retrieval', 'trim_prompts', 'BLIP2Adapter', 'word_tokenizer',
            'save_tiny_llava', 'save_tiny_qwen_vl', 'ChatVLMAdapter', 'LLaVAAdapter', 'QwenVLAdapter', 'is_chinese',
            'MiniCLIPAdapter', 'IllustratorAdapter', 'question_kind', 'describe_scene', 'answer_about', 'read_scenes',
-           'DescriberAdapter', 'story_cast', 'plan_story', 'write_paragraph', 'StoryWriterAdapter']
+           'DescriberAdapter', 'named_word', 'story_cast', 'plan_story', 'write_paragraph', 'StoryWriterAdapter']
 
 # %% ../nbs/07_integration.ipynb #25bddaa1
 class Capability(str, Enum):
@@ -706,9 +706,11 @@ STORY_TEMPLATES = {  # opening, middle scenes (cycled), ending; {A} the hero, {F
 }
 
 
-def _look(text: str, field: str, words: Sequence[str]) -> str | None:
-    "The first of a field's words (English, or Chinese through `ZH`) that `text` names, if any."
-    return next((w for w in words if w in text.lower() or ZH[field][w] in text), None)
+def named_word(text: str, field: str, words: Sequence[str]) -> str | None:
+    """The first of a field's words that `text` names, if any: in English as a whole word ("red" is not in "tired"),
+    or in Chinese through `ZH`."""
+    return next((w for w in words if re.search(rf"(?<![A-Za-z]){re.escape(w)}(?![A-Za-z])", text, re.IGNORECASE)
+                 or ZH[field][w] in text), None)
 
 
 def story_cast(prompt: str, rng: random.Random) -> list[Actor]:
@@ -721,7 +723,7 @@ def story_cast(prompt: str, rng: random.Random) -> list[Actor]:
     spans = list({name: clause for name, clause in reversed(spans)}.items())[::-1][:2] or [(rng.choice(NAMES), prompt)]
     cast = []
     for name, clause in spans:
-        pick = lambda field, words: _look(clause, field, words) or rng.choice(words)
+        pick = lambda field, words: named_word(clause, field, words) or rng.choice(words)
         cast.append(Actor(pick("shape", SHAPES), pick("colour", COLOURS), pick("size", SIZES), "left", name))
     return cast
 

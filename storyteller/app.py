@@ -19,9 +19,9 @@ from PIL import Image
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'LANGUAGES', 'IMAGE_SOURCES', 'SHIPPED_CHARACTERS', 'APP_CONFIG', 'APP_GPU_CONFIG', 'STORY_PROMPT',
            'PLACES', 'SPOTS', 'StoryError', 'check_language', 'Character', 'StoryScene', 'Story', 'image_paths',
-           'png_bytes', 'story_record', 'save_story', 'load_story', 'to_markdown', 'to_html', 'look_words',
-           'storyworld_name', 'character_look', 'CharacterIllustrator', 'names_look', 'first_word', 'name_at',
-           'paragraph_scene', 'paragraphs', 'prompt_characters', 'StorytellerAI', 'character_consistency', 'show_story']
+           'png_bytes', 'story_record', 'save_story', 'load_story', 'to_markdown', 'to_html', 'look_words', 'name_at',
+           'storyworld_name', 'character_look', 'CharacterIllustrator', 'names_look', 'first_word', 'paragraph_scene',
+           'paragraphs', 'prompt_characters', 'StorytellerAI', 'character_consistency', 'show_story']
 
 # %% ../nbs/08_storyteller.ipynb #cda94a84
 SCHEMA_VERSION = 1
@@ -250,7 +250,7 @@ import re
 from dataclasses import asdict
 
 from . import lora
-from .adapters import IllustratorAdapter, _own_model
+from .adapters import IllustratorAdapter, _own_model, named_word
 from .core import SHIPPED_DIR, git_commit, hardware, storyteller_home, versions
 from .manager import (GPU_CONFIG, OFFLINE_CONFIG, ModelType, _own_kwargs, estimate_own_bytes,
                                  register_model_type)
@@ -261,13 +261,15 @@ SHIPPED_CHARACTERS = SHIPPED_DIR / "characters"  # adapters of the demo's charac
 
 def look_words(description: str) -> dict[str, str]:
     "The StoryWorld shape, colour and size a description names (English or Chinese), where it names them."
-    found = {}
-    for field_name, words in (("shape", SHAPES), ("colour", COLOURS), ("size", SIZES)):
-        for word in words:
-            if re.search(rf"(?<![A-Za-z]){word}(?![A-Za-z])", description, re.IGNORECASE) or ZH[field_name][word] in description:
-                found[field_name] = word
-                break
-    return found
+    found = {f: named_word(description, f, words) for f, words in (("shape", SHAPES), ("colour", COLOURS), ("size", SIZES))}
+    return {f: word for f, word in found.items() if word}
+
+
+def name_at(name: str, text: str) -> int | None:
+    "Where `text` first names character `name` (as a whole word, or by its Chinese StoryWorld name), if it does."
+    hits = [m.start() for m in (re.search(rf"(?<![A-Za-z]){re.escape(name)}(?![A-Za-z])", text),
+                                re.search(re.escape(ZH["name"].get(name, "\0")), text)) if m]
+    return min(hits) if hits else None
 
 
 def storyworld_name(name: str, required: bool = True) -> str | None:
@@ -344,8 +346,7 @@ class CharacterIllustrator(IllustratorAdapter):
 
     def hero(self, prompt: str) -> str | None:
         "The first character with an adapter that `prompt` names (as a whole word, or by its Chinese name)."
-        hits = [(m.start(), name) for name in self.adapters
-                for m in re.finditer(rf"(?<![A-Za-z]){name}(?![A-Za-z])|{ZH['name'][name]}", prompt, re.IGNORECASE)]
+        hits = [(at, name) for name in self.adapters if (at := name_at(name, prompt)) is not None]
         return min(hits)[1] if hits else None
 
     def generate_image(self, prompts):
@@ -385,7 +386,7 @@ APP_GPU_CONFIG = _with_illustrator(GPU_CONFIG, {"name": "illustrator", "type": "
 import random
 import zlib
 
-from .adapters import Capability, is_chinese, story_cast
+from .adapters import Capability, is_chinese, named_word, story_cast
 from .storyworld import POSITIONS, Actor, Scene, actor_phrase, caption
 from .manager import ModelManager, TaskCoordinator
 
@@ -399,8 +400,7 @@ def names_look(text: str, description: str) -> bool:
     look = look_words(description)
     if not look:
         return description in text
-    return all(re.search(rf"(?<![A-Za-z]){word}(?![A-Za-z])", text, re.IGNORECASE) or ZH[f][word] in text
-               for f, word in look.items())
+    return all(named_word(text, f, [word]) for f, word in look.items())
 
 
 PLACES = {"en": {"night sky": "night", "blue sky": "sky", "sky": "sky", "meadow": "meadow", "desert": "desert",
@@ -417,13 +417,6 @@ def first_word(text: str, table: dict[str, str], language: str) -> str | None:
         pattern = rf"(?<![A-Za-z])(?:{pattern})(?![A-Za-z])"
     found = re.search(pattern, text, re.IGNORECASE)
     return table[found.group(0).lower()] if found else None
-
-
-def name_at(name: str, text: str) -> int | None:
-    "Where `text` first names character `name` (as a whole word, or by its Chinese StoryWorld name), if it does."
-    hits = [m.start() for m in (re.search(rf"(?<![A-Za-z]){re.escape(name)}(?![A-Za-z])", text),
-                                re.search(re.escape(ZH["name"].get(name, "\0")), text)) if m]
-    return min(hits) if hits else None
 
 
 def paragraph_scene(text: str, characters: dict[str, Character], language: str = "en") -> Scene | None:
@@ -460,7 +453,7 @@ def prompt_characters(prompt: str) -> dict[str, str]:
     words named after the name; the rest drawn, seeded by the prompt) — named as the prompt names them."""
     language = "zh" if is_chinese(prompt) else "en"
     cast = story_cast(prompt, random.Random(zlib.crc32(prompt.encode())))
-    named = [a for a in cast if re.search(rf"(?<![A-Za-z]){a.name}(?![A-Za-z])|{ZH['name'][a.name]}", prompt, re.IGNORECASE)]
+    named = [a for a in cast if name_at(a.name, prompt) is not None]
     return {(ZH["name"][a.name] if language == "zh" else a.name):
             actor_phrase(Actor(a.shape, a.colour, a.size, a.position), language) for a in named}
 

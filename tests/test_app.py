@@ -19,7 +19,6 @@ from storyteller.storyworld import render, sample_scene
 @pytest.fixture(scope="module")
 def teller():
     "A storyteller on the default offline models with a two-character, illustrated story (shared: loading takes time)."
-    torch.set_num_threads(2)
     teller = StorytellerAI()
     teller.create_story("Pip and Luna")
     teller.add_character("Pip", "a big orange star")
@@ -182,6 +181,14 @@ def test_a_new_character_is_trained_once_then_cached(monkeypatch):
     monkeypatch.setattr(lora, "teach_character", lambda *a, **k: pytest.fail("trained again"))
     assert CharacterIllustrator().learn(max_look, steps=3, progress=False) == folder
     assert (folder / lora.ADAPTER_WEIGHTS).stat().st_mtime_ns == stamp
+
+
+def test_a_config_can_name_character_adapters():
+    "The `characters` option puts adapters to use by name (a Chinese name maps to its StoryWorld name)."
+    pip = CharacterIllustrator().learn(character_look("Pip", "a big orange star"), progress=False)
+    config = {"models": [{"name": "illustrator", "type": "character-illustrator", "options": {"characters": {"皮普": str(pip)}}}]}
+    artist = ModelManager.from_config(config).get("illustrator")
+    assert artist.adapters == {"Pip": pip} and artist.hero("皮普在草地上") == "Pip"
 
 
 def test_bad_character_adapter_in_a_config_is_reported(tmp_path):
