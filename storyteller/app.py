@@ -18,10 +18,11 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'LANGUAGES', 'IMAGE_SOURCES', 'SHIPPED_CHARACTERS', 'APP_CONFIG', 'APP_GPU_CONFIG', 'STORY_PROMPT',
-           'PLACES', 'SPOTS', 'StoryError', 'check_language', 'Character', 'StoryScene', 'Story', 'image_paths',
-           'png_bytes', 'story_record', 'save_story', 'load_story', 'to_markdown', 'to_html', 'look_words', 'name_at',
-           'storyworld_name', 'character_look', 'CharacterIllustrator', 'names_look', 'first_word', 'paragraph_scene',
-           'paragraphs', 'prompt_characters', 'StorytellerAI', 'character_consistency', 'show_story']
+           'PLACES', 'SPOTS', 'QUESTION_CYCLE', 'QUESTIONS', 'StoryError', 'check_language', 'Character', 'StoryScene',
+           'Story', 'image_paths', 'png_bytes', 'story_record', 'save_story', 'load_story', 'to_markdown', 'to_html',
+           'look_words', 'name_at', 'storyworld_name', 'character_look', 'CharacterIllustrator', 'names_look',
+           'first_word', 'paragraph_scene', 'paragraphs', 'prompt_characters', 'StorytellerAI', 'character_consistency',
+           'show_story']
 
 # %% ../nbs/08_storyteller.ipynb #cda94a84
 SCHEMA_VERSION = 1
@@ -442,6 +443,16 @@ def paragraph_scene(text: str, characters: dict[str, Character], language: str =
     return Scene(background, tuple(sorted(actors, key=lambda a: POSITIONS.index(a.position))))
 
 
+QUESTION_CYCLE = ("position", "colour", "background", "size", "shape")
+QUESTIONS = {  # each names the character by the rest of its look, so the describer knows whom it asks about
+    "en": {"position": "Where is the {size} {colour} {shape}?", "colour": "What colour is the {size} {shape}?",
+           "size": "How big is the {colour} {shape}?", "shape": "What shape is the {size} {colour} one?",
+           "background": "What is the background?"},
+    "zh": {"position": "{size}{colour}{shape}在哪里？", "colour": "{size}{shape}是什么颜色？",
+           "size": "{colour}{shape}有多大？", "shape": "{size}{colour}的是什么形状？", "background": "背景是什么地方？"},
+}
+
+
 def paragraphs(text: str) -> list[str]:
     "A story's paragraphs: blocks between blank lines (or the lines, when a writer puts no blank line between them)."
     blocks = [b.strip() for b in re.split(r"\n\s*\n", text) if b.strip()]
@@ -615,15 +626,29 @@ class StorytellerAI:
         scene.questions.append((question, answer))
         return answer
 
+    def suggest_question(self, index: int) -> str:
+        """A question about scene `index`'s picture that changes from scene to scene: in turn where a character of the
+        scene is, its colour, its size, its shape, and the background, the character named by its look."""
+        scene = self.scene(index)
+        kind = QUESTION_CYCLE[index % len(QUESTION_CYCLE)]
+        looks = [look_words(self.current.characters[n].description) for n in scene.characters]
+        looks = [look for look in looks if len(look) == 3]
+        if kind == "background" or not looks:
+            return QUESTIONS[self.language]["background"]
+        look = looks[(index // len(QUESTION_CYCLE)) % len(looks)]
+        words = {f: ZH[f][v] if self.language == "zh" else v for f, v in look.items()}
+        return QUESTIONS[self.language][kind].format(**words)
+
     def continue_story(self, text: str, image: Image.Image | None = None, illustrate: str | None = "generate") -> int:
-        "Add the reader's part (text, and a picture if given), then a new scene that follows it; the new scene's index."
-        self.add_scene(text, image)
+        """Add the reader's part (text, and a picture if given), then a new scene that follows it; the new scene's index.
+        Both get a picture (unless `illustrate` is None): the reader's own, or one drawn for the reader's text."""
+        reader = self.add_scene(text, image)
         names = self._names_in(text) or list(self.current.characters)[:1]
         index = len(self.current.scenes)
         self.current.scenes.append(StoryScene(characters=names))
         self.generate_scene_content(index)
         if illustrate is not None:
-            self.illustrate_scene(index, illustrate)
+            self.illustrate_scenes(([reader] if image is None else []) + [index], illustrate)
         return index
 
     def visualise_character(self, name: str) -> Image.Image:

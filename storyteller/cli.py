@@ -84,10 +84,10 @@ def _list() -> str:
     return "\n".join(lines)
 
 
-DEMO = {  # the demo story in each language: title, characters, a question for every scene, the reader's continuation
-    "en": ("Pip and Luna", {"Pip": "a big orange star", "Luna": "a small pink triangle"}, "What is the background?",
+DEMO = {  # the demo story in each language: title, characters, the reader's continuation
+    "en": ("Pip and Luna", {"Pip": "a big orange star", "Luna": "a small pink triangle"},
            "Then Pip and Luna went to the sea."),
-    "zh": ("皮普和露娜", {"皮普": "一颗大大的橙色星星", "露娜": "一个小小的粉色三角形"}, "背景是什么地方？", "后来皮普和露娜去了大海。"),
+    "zh": ("皮普和露娜", {"皮普": "一颗大大的橙色星星", "露娜": "一个小小的粉色三角形"}, "后来皮普和露娜去了大海。"),
 }
 
 
@@ -97,15 +97,15 @@ def _demo(args: argparse.Namespace) -> str:
 
     from storyteller.app import StorytellerAI
 
-    title, characters, question, continuation = DEMO[args.lang]
+    title, characters, continuation = DEMO[args.lang]
     teller = StorytellerAI(language=args.lang)
     steps = tqdm(total=6, desc="storyteller demo", unit="step")
     for label, run in (
         ("characters", lambda: (teller.create_story(title), [teller.add_character(n, d) for n, d in characters.items()],
                                 [teller.teach_character(n) for n in characters])),
         ("writing and illustrating", teller.write_story),
-        ("questions", lambda: [teller.ask(i, question) for i in range(len(teller.current.scenes))]),
         ("continuing", lambda: teller.continue_story(continuation)),
+        ("questions", lambda: [teller.ask(i, teller.suggest_question(i)) for i in range(len(teller.current.scenes))]),
         ("character pictures", lambda: [teller.visualise_character(n) for n in characters]),
         ("saving", lambda: teller.save(args.out)),
     ):

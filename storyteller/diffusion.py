@@ -15,16 +15,17 @@ from torch import nn
 from .core import (
     PROFILES, History, Profile, Recipe, fit, get_device, load_shipped, register_recipe, results_model)
 from .foundations import CrossModalAttention, build_miniclip, miniclip_config
-from .storyworld import StoryWorldDataset, attribute_scores, build_tokenizer, storyworld_loader
+from .storyworld import (StoryWorldDataset, attributes_found, build_tokenizer, fact_scores, judge_predictions,
+                                    storyworld_fid, storyworld_loader)
 from .vqvae import Downsample, Upsample, group_norm
 
 # %% auto #0
 __all__ = ['PREDICTION_TYPES', 'SCHEDULES', 'SPACINGS', 'VARIANCES', 'Denoiser', 'SAMPLER_SWEEP', 'unet_recipe', 'linear_betas',
            'cosine_betas', 'NoiseSchedule', 'sampling_timesteps', 'ddpm_step', 'ddim_step', 'sample',
            'classifier_free_guidance', 'timestep_embedding', 'TimestepEmbedder', 'TimeResBlock', 'SpatialTransformer',
-           'UNet', 'TextToImage', 'ema_model', 'single_actor_prompts', 'evaluate_text_to_image', 'sampler_sweep',
-           'diffusion_config', 'unet_config', 'text_to_image', 'build_unet', 'load_text_encoder', 'fit_text_to_image',
-           'train_text_to_image']
+           'UNet', 'TextToImage', 'ema_model', 'scene_prompts', 'single_actor_prompts', 'evaluate_text_to_image',
+           'sampler_sweep', 'diffusion_config', 'unet_config', 'text_to_image', 'build_unet', 'load_text_encoder',
+           'fit_text_to_image', 'train_text_to_image']
 
 # %% ../nbs/04_diffusion.ipynb #740d436f
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -351,18 +352,21 @@ class UNet(nn.Module):
 
 # %% ../nbs/04_diffusion.ipynb #8f41b088
 class TextToImage(nn.Module):
-    """A text-to-image diffusion model: a denoiser, the frozen chapter-1 text encoder (and its tokenizer), a noise
-    schedule and, for latent diffusion, a frozen autoencoder between pixels and latents."""
+    """A text-to-image diffusion model: a denoiser, the chapter-1 text encoder (and its tokenizer), a noise schedule
+    and, for latent diffusion, a frozen autoencoder between pixels and latents. The text encoder is frozen unless
+    `train_text`, when the denoising loss fine-tunes it too."""
 
     def __init__(self, denoiser: nn.Module, text_encoder: nn.Module, tokenizer, image_size: int = 32,
                  schedule: str = "cosine", num_train_steps: int = 1000, prediction_type: str = "v_prediction",
-                 cond_drop: float = 0.1, latent_shape: Sequence[int] | None = None, codec: nn.Module | None = None):
+                 cond_drop: float = 0.1, latent_shape: Sequence[int] | None = None, codec: nn.Module | None = None,
+                 train_text: bool = False):
         super().__init__()
         _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         if not 0 <= cond_drop < 1:
             raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
         self.denoiser, self.tokenizer, self.codec = denoiser, tokenizer, codec
-        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.train_text = train_text
+        self.text_encoder = text_encoder if train_text else text_encoder.eval().requires_grad_(False)
         self.schedule = NoiseSchedule.named(schedule, num_train_steps)
         self.prediction_type, self.cond_drop, self.image_size = prediction_type, cond_drop, image_size
         self.sample_shape = tuple(latent_shape) if latent_shape else (3, image_size, image_size)
@@ -370,17 +374,23 @@ class TextToImage(nn.Module):
     def train(self, mode: bool = True) -> TextToImage:
         "The frozen parts stay in eval mode."
         super().train(mode)
-        self.text_encoder.eval()
+        if not self.train_text:
+            self.text_encoder.eval()
         if self.codec is not None:
             self.codec.eval()
         return self
 
-    @torch.no_grad()
     def encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        "Token states `(B, L, d)` and attention mask `(B, L)` of `captions` (an empty caption is the null condition)."
+        """Token states `(B, L, d)` and attention mask `(B, L)` of `captions` (an empty caption is the null condition);
+        with gradients only while a trainable text encoder trains."""
         device = next(self.text_encoder.parameters()).device
         tokens = self.tokenizer(list(captions), padding=True, return_tensors="pt").to(device)
-        return self.text_encoder(tokens["input_ids"], tokens["attention_mask"]), tokens["attention_mask"]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_text and self.training):
+            return self.text_encoder(tokens["input_ids"], tokens["attention_mask"]), tokens["attention_mask"]
+
+    def trainable(self) -> nn.Module:
+        "What training updates (and an EMA averages): the denoiser, and the text encoder when it trains."
+        return nn.ModuleDict({"denoiser": self.denoiser, "text_encoder": self.text_encoder}) if self.train_text else self.denoiser
 
     def to_model_space(self, images: torch.Tensor) -> torch.Tensor:
         "Images in [0, 1] → what the denoiser models: pixels in [−1, 1], or the codec's latents."
@@ -441,22 +451,34 @@ def ema_model(model: nn.Module, decay: float = 0.999) -> torch.optim.swa_utils.A
     return AveragedModel(model, multi_avg_fn=update)
 
 # %% ../nbs/04_diffusion.ipynb #bd34172e
-def single_actor_prompts(n: int = 256, lang: str = "en") -> tuple[list[str], list]:
-    "Captions and scenes of the first `n` one-actor items of StoryWorld's test split: the held-out prompts of the results tables."
-    data = StoryWorldDataset("test", n=n, n_actors=1, lang=lang)
+def scene_prompts(n: int = 256, n_actors: int = 1, lang: str = "en", world: int = 0) -> tuple[list[str], list]:
+    """Captions (in all three templates) and scenes of the first `n` items with `n_actors` actors of the test split:
+    held-out prompts. The tables use world 0; another `world` seed gives prompts the book never shows."""
+    data = StoryWorldDataset("test", n=n, n_actors=n_actors, lang=lang, seed=world)
     return [data[i]["caption"] for i in range(n)], [data.scene(i) for i in range(n)]
 
 
-def evaluate_text_to_image(model: TextToImage, n: int = 256, *, steps: int = 50, sampler: str = "ddim",
-                           guidance_scale: float = 3.0, eta: float = 0.0, seed: int = 0,
+def single_actor_prompts(n: int = 256, lang: str = "en") -> tuple[list[str], list]:
+    "The first `n` one-actor `scene_prompts`: the held-out prompts of the one-actor results tables."
+    return scene_prompts(n, 1, lang)
+
+
+def evaluate_text_to_image(model: TextToImage, n: int = 256, *, n_actors: int = 1, world: int = 0, steps: int = 50,
+                           sampler: str = "ddim", guidance_scale: float = 3.0, eta: float = 0.0, seed: int = 0,
                            judge: nn.Module | None = None, batch_size: int = 256) -> dict[str, float]:
-    "The judge's attribute accuracy (per attribute and overall) on images generated for `n` held-out one-actor prompts, and the seconds it took."
-    captions, scenes = single_actor_prompts(n)
+    """What the judge finds in pictures generated for `n` held-out `scene_prompts`: the share of facts per attribute
+    and overall, the share of whole scenes right (`scene`), StoryWorld FID against as many real scenes (`fid`), and the
+    seconds the sampling took."""
+    captions, scenes = scene_prompts(n, n_actors, world=world)
     judge = judge if judge is not None else load_shipped("judge")[0]
     start = time.perf_counter()
     images = model.generate(captions, steps=steps, sampler=sampler, guidance_scale=guidance_scale, eta=eta,
                             generator=torch.Generator().manual_seed(seed), batch_size=batch_size)
-    return {**attribute_scores(judge, images, scenes), "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    preds = judge_predictions(judge, images)
+    whole = sum(all(attributes_found(p, s)) for p, s in zip(preds, scenes)) / n
+    return {**fact_scores(preds, scenes), "scene": whole, "fid": storyworld_fid(judge, images, n_actors=n_actors),
+            "seconds": seconds}
 
 
 SAMPLER_SWEEP = (("ddim", 10), ("ddim", 25), ("ddim", 50), ("ddim", 100), ("ddpm", 1000))
@@ -475,7 +497,7 @@ def diffusion_config(profile: Profile) -> dict:
     "What every text-to-image recipe shares: schedule, prediction, guidance, data, evaluation, and the text encoder's config."
     gpu = profile.name == "gpu"
     return {"steps": 8000 if gpu else 3000, "batch_size": 128 if gpu else 64, "lr": 1e-3, "warmup": 200,
-            "schedule": "cosine", "prediction_type": "v_prediction", "cond_drop": 0.1, "ema_decay": 0.999,
+            "schedule": "cosine", "prediction_type": "v_prediction", "cond_drop": 0.1, "ema_decay": 0.999, "train_text": False,
             "image_size": profile.image_size, "lang": "both", "eval_prompts": 256, "eval_steps": 50,
             "guidance_scale": 3.0, "sweep_prompts": 0, "num_workers": min(4, os.cpu_count() or 1) if gpu else 1, "seed": 0,
             "profile": profile.name, "text": miniclip_config(profile)}
@@ -491,11 +513,12 @@ def unet_config(profile: Profile) -> dict:
 
 def text_to_image(denoiser: nn.Module, config: dict, codec: nn.Module | None = None,
                   latent_shape: Sequence[int] | None = None) -> TextToImage:
-    "A `TextToImage` around `denoiser` with an untrained text encoder of the config's mini-CLIP architecture."
+    """A `TextToImage` around `denoiser` with an untrained text encoder of the config's mini-CLIP architecture (trained
+    with the denoiser if the config says `train_text`; checkpoints from before that field keep it frozen)."""
     text_encoder = build_miniclip(config["text"]).text_encoder
     return TextToImage(denoiser, text_encoder, build_tokenizer(), config["image_size"], config["schedule"],
                        prediction_type=config["prediction_type"], cond_drop=config["cond_drop"],
-                       latent_shape=latent_shape, codec=codec)
+                       latent_shape=latent_shape, codec=codec, train_text=config.get("train_text", False))
 
 
 def build_unet(config: dict) -> TextToImage:
@@ -519,11 +542,12 @@ def fit_text_to_image(model: TextToImage, config: dict, progress: bool = True) -
     loader = storyworld_loader("train", batch_size=config["batch_size"], seed=config["seed"],
                                image_size=config["image_size"], lang=config["lang"], num_workers=config["num_workers"])
     model.to(get_device())
-    averaged = ema_model(model.denoiser, config["ema_decay"])
+    trainable = model.trainable()
+    averaged = ema_model(trainable, config["ema_decay"])
     history = fit(model, lambda m, batch: m.loss(batch), loader, config["steps"], lr=config["lr"],
                   warmup=config["warmup"], progress=progress, desc=type(model.denoiser).__name__,
-                  callback=lambda step: averaged.update_parameters(model.denoiser))
-    model.denoiser.load_state_dict(averaged.module.state_dict())
+                  callback=lambda step: averaged.update_parameters(trainable))
+    trainable.load_state_dict(averaged.module.state_dict())
     return history
 
 

@@ -24,7 +24,8 @@ __all__ = ['BACKGROUNDS', 'SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'NAMES', 'R
            'relation', 'scene_attributes', 'StoryWorldDataset', 'storyworld_loader', 'build_tokenizer',
            'AttributeJudge', 'judge_loss', 'judge_accuracy', 'label_values', 'attributes_found', 'fact_scores',
            'judge_predictions', 'attribute_scores', 'attribute_accuracy', 'evaluate_judge', 'judge_config',
-           'build_judge', 'train_judge']
+           'build_judge', 'train_judge', 'judge_features', 'frechet_distance', 'real_images', 'storyworld_fid',
+           'fid_floor']
 
 # %% ../nbs/00_storyworld.ipynb #0fd5f547
 BACKGROUNDS = ("meadow", "sky", "night", "desert", "sea", "forest")
@@ -360,12 +361,15 @@ class AttributeJudge(nn.Module):
                                 nn.Dropout(0.1))
         self.heads = nn.Linear(hidden, sum(LABEL_CLASSES))
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        "Logits for each label slot, from images `(B, 3, H, W)` in [0, 1]."
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        "The hidden features `(B, hidden)` the heads read, from images `(B, 3, H, W)` in [0, 1] (resized to the judge's size)."
         if images.shape[-1] != self.image_size:
             images = F.interpolate(images, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
-        logits = self.heads(self.fc(self.features((images - 0.5) / 0.25)))
-        return list(logits.split(LABEL_CLASSES, dim=-1))
+        return self.fc(self.features((images - 0.5) / 0.25))
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        "Logits for each label slot, from images `(B, 3, H, W)` in [0, 1]."
+        return list(self.heads(self.embed(images)).split(LABEL_CLASSES, dim=-1))
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
@@ -484,3 +488,48 @@ def train_judge(judge: AttributeJudge, config: dict, progress: bool = True) -> d
 
 judge_recipe = register_recipe(Recipe("judge", build_judge, train_judge, judge_config, ship_steps=4000,
                                     description="StoryWorld attribute judge (CNN), the book's quality metric"))
+
+# %% ../nbs/00_storyworld.ipynb #8da06fc0
+@torch.no_grad()
+def judge_features(judge: AttributeJudge, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    "The judge's hidden features `(N, hidden)` of images in [0, 1], in float64: the feature space of StoryWorld FID."
+    judge.eval()
+    device = next(judge.parameters()).device
+    return torch.cat([judge.embed(part.to(device)).double().cpu() for part in images.split(batch_size)])
+
+
+def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    "The symmetric square root of a symmetric positive semi-definite matrix."
+    values, vectors = torch.linalg.eigh(matrix)
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    "The Fréchet distance between Gaussians fitted to feature sets `a` `(N, d)` and `b` `(M, d)`."
+    if a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"need two sets of at least 2 features of one width, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = a.double(), b.double()
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    root_a = _psd_sqrt(cov_a)
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    return float((a.mean(0) - b.mean(0)).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
+
+
+def real_images(n: int, split: str = "val", n_actors: int | None = None, image_size: int = 32) -> torch.Tensor:
+    "The first `n` rendered images `(n, 3, S, S)` of a StoryWorld split: the real side of an FID."
+    data = StoryWorldDataset(split, n=n, image_size=image_size, n_actors=n_actors)
+    return torch.stack([data[i]["image"] for i in range(n)])
+
+
+def storyworld_fid(judge: AttributeJudge, images: torch.Tensor, reference: torch.Tensor | None = None,
+                   n_actors: int | None = None) -> float:
+    """StoryWorld FID: the Fréchet distance between the judge's features of `images` and of real `reference` images
+    (by default as many validation images, with `n_actors` actors, as there are `images`)."""
+    if reference is None:
+        reference = real_images(len(images), "val", n_actors, images.shape[-1])
+    return frechet_distance(judge_features(judge, images), judge_features(judge, reference))
+
+
+def fid_floor(judge: AttributeJudge, n: int, n_actors: int | None = None) -> float:
+    "The FID between `n` real test images and `n` real validation images: the lowest a model of `n` samples can expect."
+    return storyworld_fid(judge, real_images(n, "test", n_actors), n_actors=n_actors)

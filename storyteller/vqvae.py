@@ -13,7 +13,7 @@ from torch import nn
 
 from .core import Profile, Recipe, fit, get_device, load_shipped, register_recipe
 from .foundations import load_split
-from .storyworld import AttributeJudge, attribute_accuracy, storyworld_loader
+from .storyworld import AttributeJudge, attribute_accuracy, storyworld_fid, storyworld_loader
 
 # %% auto #0
 __all__ = ['vqvae_recipe', 'Quantized', 'nearest_code', 'kmeans', 'code_perplexity', 'VectorQuantizer', 'group_norm',
@@ -320,7 +320,8 @@ def codebook_stats(indices: torch.Tensor, num_codes: int) -> dict[str, float]:
 
 def evaluate_vqvae(model: VQVAE, n: int = 1000, image_size: int = 32,
                    judge: AttributeJudge | None = None) -> dict[str, float]:
-    "PSNR, edge sharpness, gradient energy, codebook usage and perplexity on `n` test images, and the judge's accuracy on reconstructions."
+    """PSNR, edge sharpness, gradient energy, codebook usage and perplexity on `n` test images; the judge's accuracy
+    on the reconstructions and their StoryWorld FID against `n` real validation images."""
     test = load_split("test", n, "en", image_size=image_size)
     recon, indices = reconstruct(model, test["image"])
     judge = judge if judge is not None else load_shipped("judge")[0]
@@ -328,7 +329,7 @@ def evaluate_vqvae(model: VQVAE, n: int = 1000, image_size: int = 32,
             "edge sharpness": edge_sharpness(recon, test["image"]).mean().item(),
             "gradient energy": gradient_energy(recon, test["image"]).mean().item(),
             **codebook_stats(indices, model.quantizer.num_codes),
-            "judge accuracy": attribute_accuracy(judge, recon, test["scene"])}
+            "judge accuracy": attribute_accuracy(judge, recon, test["scene"]), "fid": storyworld_fid(judge, recon)}
 
 # %% ../nbs/02_vqvae.ipynb #0ebae7be
 def vqvae_config(profile: Profile) -> dict:

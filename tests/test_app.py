@@ -51,10 +51,11 @@ def test_demo_end_to_end(tmp_path, lang):
     story = load_story(out)
     assert story.language == lang and len(story.characters) == 2 and len(story.scenes) == 6
     pictures = sorted(p.name for p in (out / "images").iterdir())
-    assert len(pictures) == 7  # 5 illustrated scenes (the reader's own scene has none) and 2 character portraits
+    assert len(pictures) == 8  # every scene illustrated, the reader's continuation too, and 2 character portraits
     page = (out / "story.html").read_text(encoding="utf-8")
-    assert page.count('src="data:image/png;base64,') == 7 and all(c in page for c in story.characters)
-    assert all(s.text for s in story.scenes) and all(s.questions for s in story.scenes[:4])
+    assert page.count('src="data:image/png;base64,') == 8 and all(c in page for c in story.characters)
+    assert all(s.text and s.image is not None and s.questions for s in story.scenes)
+    assert len({q for s in story.scenes for q, _ in s.questions}) >= 4  # the questions change from scene to scene
     assert not (tmp_path / "home" / "characters").exists()  # the demo's characters come shipped: nothing trained
 
 

@@ -1,5 +1,5 @@
 """Parity with reference implementations: transformers' CLIP loss, PyTorch's multi-head attention,
-vector-quantize-pytorch's EMA codebook."""
+vector-quantize-pytorch's EMA codebook, pytorch-fid's Fréchet distance (SciPy's matrix square root)."""
 import math
 
 import pytest
@@ -109,3 +109,20 @@ def test_ema_codebook_matches_vector_quantize_pytorch(decay):
         torch.testing.assert_close(ours.cluster_size, theirs._codebook.cluster_size[0])
         torch.testing.assert_close(ours.embed_sum, theirs._codebook.embed_avg[0])
         torch.testing.assert_close(ours.codebook, theirs._codebook.embed[0])
+
+
+@pytest.mark.parametrize("n, d", [(50, 8), (300, 64), (40, 64)])   # the last: covariances of less than full rank
+def test_frechet_distance_matches_pytorch_fid_formula(n, d):
+    "StoryWorld FID's distance against pytorch-fid's calculate_frechet_distance (scipy.linalg.sqrtm of the product)."
+    import numpy as np
+    import scipy.linalg
+
+    from storyteller.storyworld import frechet_distance
+
+    g = torch.Generator().manual_seed(n + d)
+    a = torch.randn(n, d, generator=g, dtype=torch.float64)
+    b = torch.randn(n + 7, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64) + 1
+    s1, s2 = np.cov(a.numpy(), rowvar=False), np.cov(b.numpy(), rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum().item() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    assert math.isclose(frechet_distance(a, b), expected, rel_tol=1e-6, abs_tol=1e-6)
