@@ -23,9 +23,9 @@ from .vqvae import Downsample, Upsample, group_norm
 __all__ = ['PREDICTION_TYPES', 'SCHEDULES', 'SPACINGS', 'VARIANCES', 'Denoiser', 'SAMPLER_SWEEP', 'unet_recipe', 'linear_betas',
            'cosine_betas', 'NoiseSchedule', 'sampling_timesteps', 'ddpm_step', 'ddim_step', 'sample',
            'classifier_free_guidance', 'timestep_embedding', 'TimestepEmbedder', 'TimeResBlock', 'SpatialTransformer',
-           'UNet', 'TextToImage', 'ema_model', 'scene_prompts', 'single_actor_prompts', 'evaluate_text_to_image',
-           'sampler_sweep', 'diffusion_config', 'unet_config', 'text_to_image', 'build_unet', 'load_text_encoder',
-           'fit_text_to_image', 'train_text_to_image']
+           'UNet', 'TextToImage', 'min_snr_weight', 'ema_model', 'scene_prompts', 'single_actor_prompts',
+           'evaluate_text_to_image', 'sampler_sweep', 'diffusion_config', 'unet_config', 'text_to_image', 'build_unet',
+           'load_text_encoder', 'fit_text_to_image', 'train_text_to_image']
 
 # %% ../nbs/04_diffusion.ipynb #740d436f
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -354,14 +354,16 @@ class UNet(nn.Module):
 class TextToImage(nn.Module):
     """A text-to-image diffusion model: a denoiser, the chapter-1 text encoder (and its tokenizer), a noise schedule
     and, for latent diffusion, a frozen autoencoder between pixels and latents. The text encoder is frozen unless
-    `train_text`, when the denoising loss fine-tunes it too."""
+    `train_text`, when the denoising loss fine-tunes it too. With `snr_gamma` the loss is min-SNR-γ weighted."""
 
     def __init__(self, denoiser: nn.Module, text_encoder: nn.Module, tokenizer, image_size: int = 32,
                  schedule: str = "cosine", num_train_steps: int = 1000, prediction_type: str = "v_prediction",
                  cond_drop: float = 0.1, latent_shape: Sequence[int] | None = None, codec: nn.Module | None = None,
-                 train_text: bool = False):
+                 train_text: bool = False, snr_gamma: float | None = None):
         super().__init__()
         _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        if snr_gamma is not None and snr_gamma <= 0:
+            raise ValueError(f"snr_gamma must be positive (or None for an unweighted loss), got {snr_gamma}")
         if not 0 <= cond_drop < 1:
             raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
         self.denoiser, self.tokenizer, self.codec = denoiser, tokenizer, codec
@@ -369,6 +371,7 @@ class TextToImage(nn.Module):
         self.text_encoder = text_encoder if train_text else text_encoder.eval().requires_grad_(False)
         self.schedule = NoiseSchedule.named(schedule, num_train_steps)
         self.prediction_type, self.cond_drop, self.image_size = prediction_type, cond_drop, image_size
+        self.snr_gamma = snr_gamma
         self.sample_shape = tuple(latent_shape) if latent_shape else (3, image_size, image_size)
 
     def train(self, mode: bool = True) -> TextToImage:
@@ -406,7 +409,8 @@ class TextToImage(nn.Module):
         return self.codec.decode(x).clamp(0, 1)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        "The denoising loss on a batch of images and captions, with condition dropout for classifier-free guidance."
+        """The denoising loss on a batch of images and captions, with condition dropout for classifier-free guidance
+        (each picture's squared error weighted by `min_snr_weight` when the model has an `snr_gamma`)."""
         x0 = self.to_model_space(batch["image"])
         keep = torch.rand(len(x0)) >= self.cond_drop
         context, mask = self.encode_text([c if k else "" for c, k in zip(batch["caption"], keep)])
@@ -414,8 +418,10 @@ class TextToImage(nn.Module):
         noise = torch.randn_like(x0)
         x_t = self.schedule.q_sample(x0, t, noise)
         output = self.denoiser(x_t, t, context, mask)
-        loss = F.mse_loss(output.float(), self.schedule.target(x0, noise, t, self.prediction_type))
-        return loss, {}
+        error = (output.float() - self.schedule.target(x0, noise, t, self.prediction_type)).pow(2).flatten(1).mean(1)
+        if self.snr_gamma is not None:
+            error = error * min_snr_weight(self.schedule, t, self.snr_gamma, self.prediction_type)
+        return error.mean(), {}
 
     @torch.no_grad()
     def generate(self, captions: Sequence[str], *, steps: int = 50, sampler: str = "ddim", guidance_scale: float = 3.0,
@@ -437,6 +443,16 @@ class TextToImage(nn.Module):
             images.append(self.to_images(x).float().cpu())
         self.train(was_training)
         return torch.cat(images)
+
+# %% ../nbs/04_diffusion.ipynb #1f3f0126
+def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-γ loss weights `(B,)` for timesteps `t`: min(SNR, γ) divided by the weight the prediction type's loss
+    already carries in x0 terms (SNR for ε, SNR + 1 for v, 1 for x0)."""
+    _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    alpha_bar = schedule.alphas_cumprod.to(t.device)[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    implicit = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[prediction_type]
+    return snr.clamp(max=gamma) / implicit
 
 # %% ../nbs/04_diffusion.ipynb #13a8a3fc
 def ema_model(model: nn.Module, decay: float = 0.999) -> torch.optim.swa_utils.AveragedModel:
@@ -497,7 +513,7 @@ def diffusion_config(profile: Profile) -> dict:
     "What every text-to-image recipe shares: schedule, prediction, guidance, data, evaluation, and the text encoder's config."
     gpu = profile.name == "gpu"
     return {"steps": 8000 if gpu else 3000, "batch_size": 128 if gpu else 64, "lr": 1e-3, "warmup": 200,
-            "schedule": "cosine", "prediction_type": "v_prediction", "cond_drop": 0.1, "ema_decay": 0.999, "train_text": False,
+            "schedule": "cosine", "prediction_type": "v_prediction", "cond_drop": 0.1, "ema_decay": 0.999, "train_text": False, "snr_gamma": None,
             "image_size": profile.image_size, "lang": "both", "eval_prompts": 256, "eval_steps": 50,
             "guidance_scale": 3.0, "sweep_prompts": 0, "num_workers": min(4, os.cpu_count() or 1) if gpu else 1, "seed": 0,
             "profile": profile.name, "text": miniclip_config(profile)}
@@ -514,11 +530,13 @@ def unet_config(profile: Profile) -> dict:
 def text_to_image(denoiser: nn.Module, config: dict, codec: nn.Module | None = None,
                   latent_shape: Sequence[int] | None = None) -> TextToImage:
     """A `TextToImage` around `denoiser` with an untrained text encoder of the config's mini-CLIP architecture (trained
-    with the denoiser if the config says `train_text`; checkpoints from before that field keep it frozen)."""
+    with the denoiser if the config says `train_text`; checkpoints from before that field keep it frozen), and the
+    config's min-SNR `snr_gamma` if it has one."""
     text_encoder = build_miniclip(config["text"]).text_encoder
     return TextToImage(denoiser, text_encoder, build_tokenizer(), config["image_size"], config["schedule"],
                        prediction_type=config["prediction_type"], cond_drop=config["cond_drop"],
-                       latent_shape=latent_shape, codec=codec, train_text=config.get("train_text", False))
+                       latent_shape=latent_shape, codec=codec, train_text=config.get("train_text", False),
+                        snr_gamma=config.get("snr_gamma"))
 
 
 def build_unet(config: dict) -> TextToImage:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import random
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -13,16 +15,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import Profile, Recipe, fit, get_device, register_recipe
-from .storyworld import (BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Actor, Scene, StoryWorldDataset,
-                                    build_tokenizer, caption, storyworld_loader)
+from .storyworld import (BACKGROUNDS, COLOURS, LANGUAGES, N_TEMPLATES, POSITIONS, SHAPES, SIZES, Actor,
+                                    Scene, StoryWorldDataset, build_tokenizer, caption, scene_from_labels,
+                                    storyworld_loader)
 
 # %% auto #0
 __all__ = ['MAX_LOGIT_SCALE', 'IGNORE_INDEX', 'ATTRIBUTE_VALUES', 'miniclip_recipe', 'l2_normalize', 'JointEmbeddingModel',
            'CrossModalAttention', 'FusionLayer', 'MultimodalFusion', 'contrastive_logits', 'contrastive_loss',
-           'mask_tokens', 'MLMHead', 'masked_lm_loss', 'mine_hard_negatives', 'ITMHead', 'ImageEncoder', 'TextEncoder',
-           'MiniCLIP', 'clip_step_loss', 'VisionLanguagePretrainer', 'embed_texts', 'embed_images', 'load_split',
-           'retrieval_metrics', 'one_actor_scenes', 'attribute_value', 'zero_shot_classifiers', 'zero_shot_accuracy',
-           'miniclip_config', 'build_miniclip', 'evaluate_miniclip', 'train_miniclip']
+           'swap_attribute', 'caption_style', 'binding_negatives', 'negclip_loss', 'mask_tokens', 'MLMHead',
+           'masked_lm_loss', 'mine_hard_negatives', 'ITMHead', 'ImageEncoder', 'TextEncoder', 'MiniCLIP',
+           'clip_step_loss', 'VisionLanguagePretrainer', 'embed_texts', 'embed_images', 'load_split',
+           'retrieval_metrics', 'binding_accuracy', 'one_actor_scenes', 'attribute_value', 'zero_shot_classifiers',
+           'zero_shot_accuracy', 'miniclip_config', 'build_miniclip', 'evaluate_miniclip', 'train_miniclip']
 
 # %% ../nbs/01_foundations.ipynb #aa45f276
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -137,6 +141,48 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scal
     logits = contrastive_logits(image_emb, text_emb, logit_scale)
     targets = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+# %% ../nbs/01_foundations.ipynb #08160303
+def swap_attribute(scene: Scene, rng: random.Random) -> Scene | None:
+    """`scene` with one attribute (shape, colour or size, drawn among those that differ) exchanged between its two
+    actors: the same words, bound the other way round. None for one actor, or two that differ in none of them."""
+    if len(scene.actors) != 2:
+        return None
+    a, b = scene.actors
+    fields = [f for f in ("shape", "colour", "size") if getattr(a, f) != getattr(b, f)]
+    if not fields:
+        return None
+    f = rng.choice(fields)
+    return Scene(scene.background, (replace(a, **{f: getattr(b, f)}), replace(b, **{f: getattr(a, f)})))
+
+
+def caption_style(scene: Scene, text: str) -> tuple[str, int]:
+    "The language and template in which `text` describes `scene`."
+    for lang in LANGUAGES:
+        for template in range(N_TEMPLATES):
+            if caption(scene, lang, template) == text:
+                return lang, template
+    raise ValueError(f"{text!r} is not a StoryWorld caption of {scene}")
+
+
+def binding_negatives(captions: Sequence[str], labels: torch.Tensor, rng: random.Random) -> list[str]:
+    """NegCLIP's hard negatives for StoryWorld: for each two-actor caption, its scene with one attribute swapped between
+    the actors (`swap_attribute`), captioned in the same language and template; one-actor captions get none."""
+    out = []
+    for text, row in zip(captions, labels.tolist()):
+        scene = scene_from_labels(row)
+        if (negative := swap_attribute(scene, rng)) is not None:
+            out.append(caption(negative, *caption_style(scene, text)))
+    return out
+
+
+def negclip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, negative_emb: torch.Tensor,
+                 logit_scale: torch.Tensor) -> torch.Tensor:
+    """The contrastive loss with extra negative captions (NegCLIP): image i picks caption i among the batch's captions
+    *and* the negatives; caption i picks image i among the batch's images. With no negatives, `contrastive_loss`."""
+    logits = contrastive_logits(image_emb, torch.cat([text_emb, negative_emb]), logit_scale)
+    targets = torch.arange(len(image_emb), device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits[:, :len(text_emb)].T, targets)) / 2
 
 # %% ../nbs/01_foundations.ipynb #bdd55b1a
 IGNORE_INDEX = -100
@@ -263,13 +309,18 @@ class MiniCLIP(nn.Module):
         return contrastive_logits(self.encode_image(images), self.encode_text(input_ids, attention_mask), self.logit_scale)
 
 
-def clip_step_loss(tokenizer) -> callable:
-    "A `fit` loss function: tokenize the batch's captions and return the contrastive loss."
+def clip_step_loss(tokenizer, hard_negatives: bool = False, seed: int = 0) -> callable:
+    """A `fit` loss function: tokenize the batch's captions and return the contrastive loss; with `hard_negatives`,
+    `negclip_loss` against the batch's `binding_negatives` (drawn reproducibly from `seed`)."""
+    rng = random.Random(seed)
+
     def loss_fn(model: MiniCLIP, batch: dict):
-        images = batch["image"]
-        text = tokenizer(list(batch["caption"]), padding=True, return_tensors="pt").to(images.device)
-        loss = contrastive_loss(model.encode_image(images), model.encode_text(text["input_ids"], text["attention_mask"]),
-                                model.logit_scale)
+        images, captions = batch["image"], list(batch["caption"])
+        negatives = binding_negatives(captions, batch["labels"].cpu(), rng) if hard_negatives else []
+        text = tokenizer(captions + negatives, padding=True, return_tensors="pt").to(images.device)
+        text_emb = model.encode_text(text["input_ids"], text["attention_mask"])
+        loss = negclip_loss(model.encode_image(images), text_emb[:len(captions)], text_emb[len(captions):],
+                            model.logit_scale)
         return loss, {"temperature": 1 / model.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().item()}
     return loss_fn
 
@@ -353,6 +404,20 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, image_lab
     return out
 
 
+def binding_accuracy(model: MiniCLIP, tokenizer, n: int = 500, lang: str = "en", image_size: int = 32,
+                     seed: int = 0) -> float:
+    """How often `model` prefers a two-actor test image's own caption to the same caption with one attribute swapped
+    between the actors (`swap_attribute`). Ties count half, so a bag of words scores exactly 50%."""
+    data = load_split("test", n, lang, image_size=image_size, n_actors=2)
+    rng = random.Random(seed)
+    pairs = [(i, negative) for i, s in enumerate(data["scene"]) if (negative := swap_attribute(s, rng)) is not None]
+    own = [data["caption"][i] for i, _ in pairs]
+    swapped = [caption(negative, *caption_style(data["scene"][i], text)) for (i, negative), text in zip(pairs, own)]
+    images = embed_images(model, data["image"][[i for i, _ in pairs]])
+    margin = (images * embed_texts(model, tokenizer, own)).sum(-1) - (images * embed_texts(model, tokenizer, swapped)).sum(-1)
+    return ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
+
+
 def one_actor_scenes() -> list[Scene]:
     "Every one-actor scene of the world (without names): 6 × 5 × 8 × 2 × 3 = 1,440."
     return [Scene(bg, (Actor(sh, co, si, po),)) for bg, sh, co, si, po in
@@ -394,7 +459,7 @@ def miniclip_config(profile: Profile) -> dict:
     return {"steps": 5000 if gpu else 3000, "batch_size": 256 if gpu else 128, "lr": 1e-3, "weight_decay": 0.05,
             "warmup": 200, "embed_dim": 128, "image_width": 32, "text_dim": 128, "text_depth": 2, "num_heads": 4,
             "vocab_size": len(build_tokenizer()), "lang": "both", "image_size": profile.image_size,
-            "eval_size": 1000, "num_workers": min(4, os.cpu_count() or 1) if gpu else 1, "seed": 0}
+            "hard_negatives": True, "eval_size": 1000, "num_workers": min(4, os.cpu_count() or 1) if gpu else 1, "seed": 0}
 
 
 def build_miniclip(config: dict) -> MiniCLIP:
@@ -407,7 +472,8 @@ def build_miniclip(config: dict) -> MiniCLIP:
 
 
 def evaluate_miniclip(model: MiniCLIP, n: int = 1000, lang: str = "en", image_size: int = 32) -> dict[str, float]:
-    "Retrieval R@1/R@5 both ways on `n` test scenes and zero-shot accuracy on `n` one-actor test scenes."
+    """Retrieval R@1/R@5 both ways on `n` test scenes, zero-shot accuracy on `n` one-actor test scenes, and the
+    `binding_accuracy` on `n` two-actor test scenes."""
     tok = build_tokenizer()
     model.eval()
     test = load_split("test", n, lang, image_size=image_size)
@@ -416,14 +482,16 @@ def evaluate_miniclip(model: MiniCLIP, n: int = 1000, lang: str = "en", image_si
     single = load_split("test", n, lang, image_size=image_size, n_actors=1)
     zero_shot = zero_shot_accuracy(model, tok, single["image"], single["scene"], lang)
     return {**out, **{f"zero-shot {k}": v for k, v in zero_shot.items()},
-            "zero-shot mean": sum(zero_shot.values()) / len(zero_shot)}
+            "zero-shot mean": sum(zero_shot.values()) / len(zero_shot),
+            "binding": binding_accuracy(model, tok, n, lang, image_size)}
 
 
 def train_miniclip(model: MiniCLIP, config: dict, progress: bool = True) -> dict:
-    "Train `model` with the contrastive loss as `config` says; return its held-out metrics in English."
+    "Train `model` with the contrastive loss (NegCLIP's if the config asks for `hard_negatives`) as `config` says; return its held-out metrics in English."
     loader = storyworld_loader("train", batch_size=config["batch_size"], seed=config["seed"], lang=config["lang"],
                                image_size=config["image_size"], num_workers=config["num_workers"])
-    fit(model.to(get_device()), clip_step_loss(build_tokenizer()), loader, config["steps"], lr=config["lr"],
+    loss_fn = clip_step_loss(build_tokenizer(), config.get("hard_negatives", False), config["seed"])
+    fit(model.to(get_device()), loss_fn, loader, config["steps"], lr=config["lr"],
         weight_decay=config["weight_decay"], warmup=config["warmup"], progress=progress, desc="mini-CLIP")
     return evaluate_miniclip(model, config["eval_size"], "en", config["image_size"])
 
