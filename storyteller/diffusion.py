@@ -513,7 +513,7 @@ def diffusion_config(profile: Profile) -> dict:
     "What every text-to-image recipe shares: schedule, prediction, guidance, data, evaluation, and the text encoder's config."
     gpu = profile.name == "gpu"
     return {"steps": 8000 if gpu else 3000, "batch_size": 128 if gpu else 64, "lr": 1e-3, "warmup": 200,
-            "schedule": "cosine", "prediction_type": "v_prediction", "cond_drop": 0.1, "ema_decay": 0.999, "train_text": False, "snr_gamma": None,
+            "schedule": "cosine", "prediction_type": "v_prediction", "cond_drop": 0.1, "ema_decay": 0.999, "train_text": False, "snr_gamma": 5.0,
             "image_size": profile.image_size, "lang": "both", "eval_prompts": 256, "eval_steps": 50,
             "guidance_scale": 3.0, "sweep_prompts": 0, "num_workers": min(4, os.cpu_count() or 1) if gpu else 1, "seed": 0,
             "profile": profile.name, "text": miniclip_config(profile)}

@@ -132,3 +132,21 @@ def test_guidance_and_condition_shapes_are_checked():
         classifier_free_guidance(unet, context, torch.zeros(1, 5, 12), 2.0)
     with pytest.raises(ValueError, match="context has 2 rows for a batch of 3"):
         unet(torch.zeros(3, 3, 8, 8), torch.zeros(3, dtype=torch.long), context)
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_match_diffusers_training_scripts(schedule, prediction_type):
+    "The weights diffusers' train_text_to_image.py applies with --snr_gamma: min(SNR, γ) / SNR for ε, / (SNR + 1) for v."
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    from storyteller.diffusion import min_snr_weight
+
+    timesteps = torch.arange(0, 1000, 7)
+    reference = DDPMScheduler(num_train_timesteps=1000, beta_schedule=SCHEDULES[schedule])
+    snr = compute_snr(reference, timesteps)
+    clipped = torch.stack([snr, 5.0 * torch.ones_like(snr)], dim=1).min(dim=1)[0]
+    expected = clipped / (snr if prediction_type == "epsilon" else snr + 1)
+    torch.testing.assert_close(min_snr_weight(NoiseSchedule.named(schedule), timesteps, 5.0, prediction_type), expected,
+                               rtol=1e-5, atol=1e-6)

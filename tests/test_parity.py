@@ -1,5 +1,5 @@
-"""Parity with reference implementations: transformers' CLIP loss, PyTorch's multi-head attention,
-vector-quantize-pytorch's EMA codebook, pytorch-fid's Fréchet distance (SciPy's matrix square root)."""
+"""Parity with reference implementations: transformers' CLIP loss (which NegCLIP's loss is without negatives),
+PyTorch's multi-head attention, vector-quantize-pytorch's EMA codebook, pytorch-fid's Fréchet distance (SciPy's matrix square root)."""
 import math
 
 import pytest
@@ -126,3 +126,18 @@ def test_frechet_distance_matches_pytorch_fid_formula(n, d):
     covmean = scipy.linalg.sqrtm(s1 @ s2).real
     expected = ((a.mean(0) - b.mean(0)) ** 2).sum().item() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
     assert math.isclose(frechet_distance(a, b), expected, rel_tol=1e-6, abs_tol=1e-6)
+
+
+def test_negclip_loss_without_negatives_is_the_clip_models_loss(tmp_path):
+    "NegCLIP adds captions to choose from; with none added it must be exactly CLIP's loss, and negatives only add to it."
+    from storyteller.foundations import negclip_loss
+
+    model = tiny_clip(tmp_path)
+    ids = torch.randint(4, 16, (5, 7)); ids[:, 0] = 2; ids[:, -1] = 3
+    out = model(input_ids=ids, pixel_values=torch.randn(5, 3, 32, 32), return_loss=True)
+    empty = out.text_embeds[:0]
+    torch.testing.assert_close(negclip_loss(out.image_embeds, out.text_embeds, empty, model.logit_scale), out.loss,
+                               rtol=1e-5, atol=1e-6)
+    with_negatives = negclip_loss(out.image_embeds, out.text_embeds, torch.randn(3, out.text_embeds.shape[1]),
+                                  model.logit_scale)
+    assert with_negatives > out.loss
