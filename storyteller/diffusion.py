@@ -536,7 +536,7 @@ def text_to_image(denoiser: nn.Module, config: dict, codec: nn.Module | None = N
     return TextToImage(denoiser, text_encoder, build_tokenizer(), config["image_size"], config["schedule"],
                        prediction_type=config["prediction_type"], cond_drop=config["cond_drop"],
                        latent_shape=latent_shape, codec=codec, train_text=config.get("train_text", False),
-                        snr_gamma=config.get("snr_gamma"))
+                       snr_gamma=config.get("snr_gamma"))
 
 
 def build_unet(config: dict) -> TextToImage:

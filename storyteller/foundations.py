@@ -22,8 +22,8 @@ from .storyworld import (BACKGROUNDS, COLOURS, LANGUAGES, N_TEMPLATES, POSITIONS
 # %% auto #0
 __all__ = ['MAX_LOGIT_SCALE', 'IGNORE_INDEX', 'ATTRIBUTE_VALUES', 'miniclip_recipe', 'l2_normalize', 'JointEmbeddingModel',
            'CrossModalAttention', 'FusionLayer', 'MultimodalFusion', 'contrastive_logits', 'contrastive_loss',
-           'swap_attribute', 'caption_style', 'binding_negatives', 'negclip_loss', 'mask_tokens', 'MLMHead',
-           'masked_lm_loss', 'mine_hard_negatives', 'ITMHead', 'ImageEncoder', 'TextEncoder', 'MiniCLIP',
+           'swap_attribute', 'caption_style', 'swapped_caption', 'binding_negatives', 'negclip_loss', 'mask_tokens',
+           'MLMHead', 'masked_lm_loss', 'mine_hard_negatives', 'ITMHead', 'ImageEncoder', 'TextEncoder', 'MiniCLIP',
            'clip_step_loss', 'VisionLanguagePretrainer', 'embed_texts', 'embed_images', 'load_split',
            'retrieval_metrics', 'binding_accuracy', 'one_actor_scenes', 'attribute_value', 'zero_shot_classifiers',
            'zero_shot_accuracy', 'miniclip_config', 'build_miniclip', 'evaluate_miniclip', 'train_miniclip']
@@ -165,15 +165,17 @@ def caption_style(scene: Scene, text: str) -> tuple[str, int]:
     raise ValueError(f"{text!r} is not a StoryWorld caption of {scene}")
 
 
+def swapped_caption(scene: Scene, text: str, rng: random.Random) -> str | None:
+    "`text`, a caption of `scene`, with one attribute swapped between the actors (`swap_attribute`), in its own language and template."
+    negative = swap_attribute(scene, rng)
+    return None if negative is None else caption(negative, *caption_style(scene, text))
+
+
 def binding_negatives(captions: Sequence[str], labels: torch.Tensor, rng: random.Random) -> list[str]:
-    """NegCLIP's hard negatives for StoryWorld: for each two-actor caption, its scene with one attribute swapped between
-    the actors (`swap_attribute`), captioned in the same language and template; one-actor captions get none."""
-    out = []
-    for text, row in zip(captions, labels.tolist()):
-        scene = scene_from_labels(row)
-        if (negative := swap_attribute(scene, rng)) is not None:
-            out.append(caption(negative, *caption_style(scene, text)))
-    return out
+    """NegCLIP's hard negatives for StoryWorld: the `swapped_caption` of each two-actor caption (its scene read from
+    `labels`); one-actor captions get none."""
+    swapped = (swapped_caption(scene_from_labels(row), text, rng) for text, row in zip(captions, labels.tolist()))
+    return [s for s in swapped if s is not None]
 
 
 def negclip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, negative_emb: torch.Tensor,
@@ -410,9 +412,9 @@ def binding_accuracy(model: MiniCLIP, tokenizer, n: int = 500, lang: str = "en",
     between the actors (`swap_attribute`). Ties count half, so a bag of words scores exactly 50%."""
     data = load_split("test", n, lang, image_size=image_size, n_actors=2)
     rng = random.Random(seed)
-    pairs = [(i, negative) for i, s in enumerate(data["scene"]) if (negative := swap_attribute(s, rng)) is not None]
-    own = [data["caption"][i] for i, _ in pairs]
-    swapped = [caption(negative, *caption_style(data["scene"][i], text)) for (i, negative), text in zip(pairs, own)]
+    pairs = [(i, negative) for i, (scene, text) in enumerate(zip(data["scene"], data["caption"]))
+             if (negative := swapped_caption(scene, text, rng)) is not None]
+    own, swapped = [data["caption"][i] for i, _ in pairs], [negative for _, negative in pairs]
     images = embed_images(model, data["image"][[i for i, _ in pairs]])
     margin = (images * embed_texts(model, tokenizer, own)).sum(-1) - (images * embed_texts(model, tokenizer, swapped)).sum(-1)
     return ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
