@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="file to write (default: STORYTELLER_HOME/NAME.safetensors)")
     train.add_argument("--ship", action="store_true",
                        help="train for the recipe's ship_steps with the cpu config into the package's checkpoints")
+    train.add_argument("--resume", nargs="?", const=True, type=Path, metavar="PATH",
+                       help="continue training from PATH (default: the checkpoint this command writes)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     sub.add_parser("list", help="list the recipes and the shipped checkpoints")
     demo = sub.add_parser("demo", help="write an illustrated story offline, on the book's own models")
@@ -68,7 +70,8 @@ def _train(args: argparse.Namespace) -> str:
     if args.steps is not None:
         overrides["steps"] = args.steps
     out = args.out or (SHIPPED_DIR if args.ship else storyteller_home()) / f"{args.name}.safetensors"
-    _, provenance = train_model(args.name, out=out, profile=profile, **overrides)
+    resume = out if args.resume is True else args.resume
+    _, provenance = train_model(args.name, out=out, profile=profile, resume=resume, **overrides)
     metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in provenance["metrics"].items())
     return f"wrote {out}\n{describe_provenance(provenance)}\nmetrics: {metrics}"
 

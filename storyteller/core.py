@@ -28,7 +28,7 @@ __all__ = ['PACKAGE_DIR', 'PROFILES', 'RECIPES', 'RECIPE_MODULES', 'SHIPPED_DIR'
            'image_grid', 'show_images', 'image_gallery', 'CheckpointError', 'save_checkpoint', 'read_provenance',
            'load_checkpoint', 'Recipe', 'register_recipe', 'get_recipe', 'hardware', 'git_commit', 'versions',
            'resolve_config', 'train_model', 'storyteller_home', 'load_from', 'load_shipped', 'load_or_train',
-           'results_model', 'describe_provenance']
+           'results_model', 'lineage', 'total_steps', 'describe_provenance']
 
 # %% ../nbs/A1_core.ipynb #5a85a287
 def get_device(prefer: str | None = None) -> torch.device:
@@ -362,12 +362,20 @@ def resolve_config(recipe: Recipe, profile: Profile | None = None, **overrides) 
 
 
 def train_model(name: str, out: str | Path | None = None, profile: Profile | None = None,
-                **overrides) -> tuple[nn.Module, dict]:
-    "Train the recipe `name`, optionally save it as `out` (safetensors + provenance); return model and provenance."
+                resume: str | Path | None = None, **overrides) -> tuple[nn.Module, dict]:
+    """Train the recipe `name`, optionally save it as `out` (safetensors + provenance); return model and provenance.
+    With `resume`, training starts from that checkpoint's weights (fresh optimiser and warm-up) and the provenance
+    keeps the parent's record under `resumed_from`, so a long run can be built from several shorter ones."""
     recipe = get_recipe(name)
     config = resolve_config(recipe, profile, **overrides)
     seed_everything(config["seed"])
     model = recipe.build(config)
+    parent = None
+    if resume is not None:
+        parent = read_provenance(resume)
+        if parent.get("name") != name:
+            raise CheckpointError(f"{Path(resume).with_suffix('.json')}: holds model {parent.get('name')!r}, not {name!r}")
+        load_checkpoint(model, resume)
     commit, start = git_commit(), time.perf_counter()  # the code as it was when training started
     metrics = recipe.train(model, config)
     provenance = {
@@ -376,6 +384,8 @@ def train_model(name: str, out: str | Path | None = None, profile: Profile | Non
         "versions": versions(), "git_commit": commit,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metrics": metrics,
     }
+    if parent is not None:
+        provenance["resumed_from"] = parent
     if out is not None:
         save_checkpoint(model, out, provenance)
     return model, provenance
@@ -426,8 +436,23 @@ def results_model(name: str, profile: Profile | None = None) -> tuple[nn.Module,
     return load_or_train(name, profile=profile) if profile.own_results else load_shipped(name)
 
 
+def lineage(provenance: dict) -> list[dict]:
+    "The training runs behind a checkpoint, oldest first: the run itself after the runs it was resumed from."
+    runs = [provenance]
+    while "resumed_from" in runs[0]:
+        runs.insert(0, runs[0]["resumed_from"])
+    return runs
+
+
+def total_steps(provenance: dict) -> int:
+    "Optimiser steps behind a checkpoint, resumed runs included."
+    return sum(run["steps"] for run in lineage(provenance))
+
+
 def describe_provenance(provenance: dict) -> str:
-    "One line on where a checkpoint came from: steps, wall time, hardware, commit."
-    commit = (provenance.get("git_commit") or "unknown commit")[:12]
-    return (f"`{provenance['name']}`: {provenance['steps']:,} steps in {provenance['wall_time_s'] / 60:.1f} min "
-            f"on {provenance['hardware']} (commit {commit}, {provenance['created'][:10]})")
+    "One line on where a checkpoint came from: steps, wall time, hardware, commit (each run's, if it was resumed)."
+    runs = lineage(provenance)
+    run_line = lambda run: f"commit {(run.get('git_commit') or 'unknown commit')[:12]}, {run['created'][:10]}"
+    minutes = sum(run["wall_time_s"] for run in runs) / 60
+    where = run_line(provenance) if len(runs) == 1 else " then ".join(f"{r['steps']:,} at {run_line(r)}" for r in runs)
+    return f"`{provenance['name']}`: {total_steps(provenance):,} steps in {minutes:.1f} min on {provenance['hardware']} ({where})"
