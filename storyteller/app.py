@@ -17,12 +17,12 @@ from typing import Any
 from PIL import Image
 
 # %% auto #0
-__all__ = ['SCHEMA_VERSION', 'LANGUAGES', 'IMAGE_SOURCES', 'SHIPPED_CHARACTERS', 'APP_CONFIG', 'APP_GPU_CONFIG', 'STORY_PROMPT',
-           'PLACES', 'SPOTS', 'QUESTION_CYCLE', 'QUESTIONS', 'StoryError', 'check_language', 'Character', 'StoryScene',
-           'Story', 'image_paths', 'png_bytes', 'story_record', 'save_story', 'load_story', 'to_markdown', 'to_html',
-           'look_words', 'name_at', 'storyworld_name', 'character_look', 'CharacterIllustrator', 'names_look',
-           'first_word', 'paragraph_scene', 'paragraphs', 'prompt_characters', 'StorytellerAI', 'character_consistency',
-           'show_story']
+__all__ = ['SCHEMA_VERSION', 'LANGUAGES', 'IMAGE_SOURCES', 'SHIPPED_CHARACTERS', 'PLACES', 'SPOTS', 'APP_CONFIG',
+           'APP_GPU_CONFIG', 'STORY_PROMPT', 'QUESTION_CYCLE', 'QUESTIONS', 'StoryError', 'check_language', 'Character',
+           'StoryScene', 'Story', 'image_paths', 'png_bytes', 'story_record', 'save_story', 'load_story', 'to_markdown',
+           'to_html', 'look_words', 'name_at', 'first_word', 'storyworld_name', 'character_look',
+           'CharacterIllustrator', 'names_look', 'paragraph_scene', 'paragraphs', 'prompt_characters', 'StorytellerAI',
+           'character_consistency', 'show_story']
 
 # %% ../nbs/08_storyteller.ipynb #cda94a84
 SCHEMA_VERSION = 1
@@ -250,12 +250,14 @@ import hashlib
 import re
 from dataclasses import asdict
 
+import torch
+
 from . import lora
 from .adapters import IllustratorAdapter, _own_model, named_word
-from .core import SHIPPED_DIR, git_commit, hardware, storyteller_home, versions
+from .core import SHIPPED_DIR, git_commit, hardware, read_provenance, storyteller_home, to_pil, versions
 from .manager import (GPU_CONFIG, OFFLINE_CONFIG, ModelType, _own_kwargs, estimate_own_bytes,
                                  register_model_type)
-from .storyworld import COLOURS, NAMES, SHAPES, SIZES, ZH
+from .storyworld import COLOURS, NAMES, SHAPES, SIZES, ZH, Actor, Scene, caption
 
 SHIPPED_CHARACTERS = SHIPPED_DIR / "characters"  # adapters of the demo's characters for the shipped U-Net
 
@@ -271,6 +273,22 @@ def name_at(name: str, text: str) -> int | None:
     hits = [m.start() for m in (re.search(rf"(?<![A-Za-z]){re.escape(name)}(?![A-Za-z])", text),
                                 re.search(re.escape(ZH["name"].get(name, "\0")), text)) if m]
     return min(hits) if hits else None
+
+
+PLACES = {"en": {"night sky": "night", "blue sky": "sky", "sky": "sky", "meadow": "meadow", "desert": "desert",
+                  "sea": "sea", "forest": "forest"},
+          "zh": {word: key for key, word in ZH["background"].items()}}
+SPOTS = {"en": {"left": "left", "centre": "centre", "center": "centre", "right": "right"},
+         "zh": {word: key for key, word in ZH["position"].items()}}
+
+
+def first_word(text: str, table: dict[str, str], language: str) -> str | None:
+    "The value of the first key of `table` that `text` names (longest keys first; English keys as whole words)."
+    pattern = "|".join(sorted(map(re.escape, table), key=len, reverse=True))
+    if language == "en":
+        pattern = rf"(?<![A-Za-z])(?:{pattern})(?![A-Za-z])"
+    found = re.search(pattern, text, re.IGNORECASE)
+    return table[found.group(0).lower()] if found else None
 
 
 def storyworld_name(name: str, required: bool = True) -> str | None:
@@ -296,14 +314,17 @@ def character_look(name: str, description: str) -> lora.Character:
 
 
 class CharacterIllustrator(IllustratorAdapter):
-    """Chapter 7's illustrator (the U-Net by default) with a LoRA adapter per character (chapter 6): each prompt is
-    drawn with the adapter of the first character it names, prompts naming none with the adapters off."""
+    """Chapter 7's illustrator (the U-Net by default) with a LoRA adapter per character (chapter 6): a prompt that puts
+    two characters with adapters in their places is drawn by regions, each with its own adapter (chapter 6's
+    `generate_regions`); any other prompt with the adapter of the first character it names, or with the adapters off."""
 
     def __init__(self, characters: dict[str, str | Path] | None = None, recipe: str = "unet",
                  checkpoint: str | Path | None = None, **kwargs):
         super().__init__(recipe=recipe, checkpoint=checkpoint, **kwargs)
         self.recipe, self.checkpoint = recipe, checkpoint
-        self.base = f"shipped-{recipe}" if checkpoint is None else hashlib.sha1(self.fingerprint.encode()).hexdigest()[:10]
+        shipped = lambda: read_provenance(SHIPPED_DIR / f"{recipe}.safetensors")["created"]  # a re-shipped model needs new adapters
+        self.base = (f"shipped-{recipe}-{hashlib.sha1(shipped().encode()).hexdigest()[:6]}" if checkpoint is None
+                     else hashlib.sha1(self.fingerprint.encode()).hexdigest()[:10])
         self.adapters: dict[str, Path] = {}
         for name, folder in (characters or {}).items():
             self.add_adapter(name, folder)
@@ -350,11 +371,39 @@ class CharacterIllustrator(IllustratorAdapter):
         hits = [(at, name) for name in self.adapters if (at := name_at(name, prompt)) is not None]
         return min(hits)[1] if hits else None
 
+    def regions(self, prompt: str) -> list[lora.Region] | None:
+        """The regions of a prompt that names two or more characters with adapters, each at a position, on a background:
+        one per character, captioned alone (by its name, and its look where the prompt gives it) for its own adapter.
+        None for any other prompt."""
+        background = first_word(prompt, PLACES["en"], "en")
+        found = sorted((at, name) for name in self.adapters if (at := name_at(name, prompt)) is not None)
+        if background is None or len(found) < 2:
+            return None
+        regions: list[lora.Region] = []
+        for (at, name), end in zip(found, [at for at, _ in found[1:]] + [len(prompt)]):
+            said = prompt[at:end]  # from the name to the next character's: its look and its place
+            spot, look = first_word(said, SPOTS["en"], "en"), look_words(said)
+            if spot is None or spot in [r.position for r in regions]:
+                return None
+            text = (caption(Scene(background, (Actor(look["shape"], look["colour"], look["size"], spot, name),)))
+                    if len(look) == 3 else lora.solo_caption(name, spot, background))
+            regions.append(lora.Region(text, spot, name))
+        return regions
+
     def generate_image(self, prompts):
-        heroes = [self.hero(p) for p in prompts]
+        plans = [self.regions(p) for p in prompts]
         images: list = [None] * len(prompts)
-        for hero in dict.fromkeys(heroes):
-            members = [i for i, h in enumerate(heroes) if h == hero]
+        regional = [i for i, plan in enumerate(plans) if plan]
+        if regional:
+            weights = {name: lora.adapter_weights(self.model.denoiser, self.adapters[name])
+                       for name in dict.fromkeys(r.adapter for i in regional for r in plans[i])}
+            drawn = lora.generate_regions(self.model, [plans[i] for i in regional], weights, steps=self.steps,
+                                          guidance_scale=self.guidance_scale, generator=torch.Generator().manual_seed(self.seed))
+            for i, image in zip(regional, drawn):
+                images[i] = to_pil(image)
+        heroes = [None if plan else self.hero(p) for p, plan in zip(prompts, plans)]
+        for hero in dict.fromkeys(h for h, plan in zip(heroes, plans) if not plan):
+            members = [i for i, (h, plan) in enumerate(zip(heroes, plans)) if h == hero and not plan]
             if hero is None:
                 with lora.lora_disabled(self.model.denoiser):
                     drawn = super().generate_image([prompts[i] for i in members])
@@ -388,7 +437,7 @@ import random
 import zlib
 
 from .adapters import Capability, is_chinese, named_word, story_cast
-from .storyworld import POSITIONS, Actor, Scene, actor_phrase, caption
+from .storyworld import POSITIONS, actor_phrase
 from .manager import ModelManager, TaskCoordinator
 
 
@@ -402,22 +451,6 @@ def names_look(text: str, description: str) -> bool:
     if not look:
         return description in text
     return all(named_word(text, f, [word]) for f, word in look.items())
-
-
-PLACES = {"en": {"night sky": "night", "blue sky": "sky", "sky": "sky", "meadow": "meadow", "desert": "desert",
-                  "sea": "sea", "forest": "forest"},
-          "zh": {word: key for key, word in ZH["background"].items()}}
-SPOTS = {"en": {"left": "left", "centre": "centre", "center": "centre", "right": "right"},
-         "zh": {word: key for key, word in ZH["position"].items()}}
-
-
-def first_word(text: str, table: dict[str, str], language: str) -> str | None:
-    "The value of the first key of `table` that `text` names (longest keys first; English keys as whole words)."
-    pattern = "|".join(sorted(map(re.escape, table), key=len, reverse=True))
-    if language == "en":
-        pattern = rf"(?<![A-Za-z])(?:{pattern})(?![A-Za-z])"
-    found = re.search(pattern, text, re.IGNORECASE)
-    return table[found.group(0).lower()] if found else None
 
 
 def paragraph_scene(text: str, characters: dict[str, Character], language: str = "en") -> Scene | None:

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from .core import History, _atomic_write, fit, to_pil
-from .diffusion import TextToImage
-from .storyworld import (BACKGROUNDS, COLOURS, EN, POSITIONS, SHAPES, SIZES, Actor, AttributeJudge, Scene,
+from .diffusion import TextToImage, classifier_free_guidance, sample
+from .storyworld import (BACKGROUNDS, COLOURS, EN, POSITIONS, SHAPES, SIZES, X_CENTRE, Actor, AttributeJudge, Scene,
                                     StoryWorldDataset, actor_phrase, attributes_found, build_tokenizer, fact_scores,
                                     judge_predictions, render, scene_attributes, to_tensor)
 
@@ -30,8 +30,10 @@ __all__ = ['ALL_LINEAR', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'PEFT_PREFIX', 'CL
            'merge_lora', 'unmerge_lora', 'lora_disabled', 'lora_state_dict', 'save_adapter', 'read_adapter_config',
            'load_adapter', 'save_tiny_clip', 'save_tiny_blip2', 'load_pretrained', 'storyworld_pairs',
            'processor_loader', 'hf_loss', 'clip_retrieval', 'clip_base_config', 'blip2_opt_config', 'meta_model',
-           'training_footprint', 'footprint_in_fresh_process', 'Character', 'character_caption', 'character_prompts',
-           'character_examples', 'character_loader', 'teach_character', 'character_scores']
+           'training_footprint', 'footprint_in_fresh_process', 'Character', 'solo_caption', 'character_caption',
+           'character_prompts', 'character_examples', 'character_loader', 'teach_character', 'character_scores',
+           'Region', 'region_masks', 'adapter_weights', 'adapter_swapper', 'generate_regions', 'duo_scenes',
+           'recognised_characters']
 
 # %% ../nbs/06_lora.ipynb #c5d48eb0
 class LoRALinear(nn.Module):
@@ -508,16 +510,21 @@ class Character:
         return Actor(self.shape, self.colour, self.size, position, self.name)
 
 
+def solo_caption(name: str, position: str, background: str, template: int = 0) -> str:
+    "The caption of a character alone, by name only ('Pip on the left of a night sky'): what its adapter learnt to read."
+    return EN["one"][template].format(a=name, p=EN["position"][position], bg=EN["background"][background])
+
+
 def character_caption(scene: Scene, template: int = 0) -> str:
-    """An English caption that calls the scene's one named actor by name only ('Pip on the left of a night sky'; beside
+    """An English caption that calls the scene's named actors by name only ('Pip on the left of a night sky'; beside
     another actor: 'Pip on the left and a small red circle on the right in a meadow')."""
     named = [a for a in scene.actors if a.name is not None]
-    if len(named) != 1:
-        raise ValueError(f"a character caption needs exactly one named actor, got {scene.actors}")
+    if not named:
+        raise ValueError(f"a character caption needs a named actor, got {scene.actors}")
     say = lambda actor: actor.name or actor_phrase(actor)
     bg, where = EN["background"][scene.background], EN["position"]
     if len(scene.actors) == 1:
-        return EN["one"][template].format(a=say(named[0]), p=where[named[0].position], bg=bg)
+        return solo_caption(named[0].name, named[0].position, scene.background, template)
     first, second = scene.actors
     return EN["two"][template].format(a1=say(first), p1=where[first.position], a2=say(second), p2=where[second.position], bg=bg)
 
@@ -588,3 +595,117 @@ def character_scores(judge: AttributeJudge, images: torch.Tensor, scenes: Sequen
     look = [[ok for (kind, _, _), ok in zip(scene_attributes(s), attributes_found(p, s)) if kind in ("shape", "colour", "size")]
             for p, s in zip(preds, scenes, strict=True)]
     return {**fact_scores(preds, scenes), "recognised": sum(all(l) for l in look) / len(look)}
+
+# %% ../nbs/06_lora.ipynb #4178cf5f
+@dataclass(frozen=True)
+class Region:
+    """One part of a picture drawn from its own caption with its own adapter (None: the base model); it owns the
+    columns nearer to its actor's `position` than to any other region's."""
+    caption: str
+    position: str
+    adapter: str | None = None
+
+
+def region_masks(positions: Sequence[str], width: int) -> torch.Tensor:
+    "Column masks `(R, width)` of 0s and 1s: each column goes to the region whose actor stands nearest (`X_CENTRE`)."
+    if len(set(positions)) != len(positions) or not positions:
+        raise ValueError(f"regions need distinct positions, got {list(positions)}")
+    centres = torch.tensor([X_CENTRE[p] for p in positions])
+    columns = (torch.arange(width) + 0.5) / width
+    owner = (columns[None] - centres[:, None]).abs().argmin(0)
+    return (owner[None] == torch.arange(len(positions))[:, None]).float()
+
+
+def adapter_weights(model: nn.Module, directory: str | Path) -> dict[str, torch.Tensor]:
+    "The LoRA factors of the adapter in `directory`, loaded into `model` (so they fit it) and copied out for swapping."
+    load_adapter(model, directory)
+    return {k: v.detach().clone() for k, v in lora_state_dict(model).items()}
+
+
+@contextmanager
+def adapter_swapper(model: nn.Module, adapters: dict[str, dict[str, torch.Tensor]]) -> Iterator[Callable[[str | None], None]]:
+    """A function that puts adapter `name` (None: none, the base model) into `model`'s LoRA layers; on leaving, the
+    layers hold what they held before."""
+    layers, before = lora_layers(model), lora_state_dict(model)
+    expected = set(before)
+    for name, weights in adapters.items():
+        if set(weights) != expected:
+            raise ValueError(f"adapter {name!r} does not fit this {type(model).__name__}'s LoRA layers")
+    if any(layer.merged for layer in layers.values()):
+        raise ValueError("unmerge the LoRA layers before swapping adapters per step")
+
+    def use(name: str | None) -> None:
+        for layer in layers.values():
+            layer.disabled = name is None
+        if name is not None:
+            model.load_state_dict(adapters[name], strict=False)
+    try:
+        yield use
+    finally:
+        model.load_state_dict(before, strict=False)
+        for layer in layers.values():
+            layer.disabled = False
+
+
+@torch.no_grad()
+def generate_regions(model: TextToImage, pictures: Sequence[Sequence[Region]],
+                     adapters: dict[str, dict[str, torch.Tensor]] | None = None, *, steps: int = 50,
+                     guidance_scale: float = 3.0, generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """Images `(B, 3, S, S)` in [0, 1], one per list of regions: at every DDIM step each region's guided prediction,
+    from its caption with its adapter, fills that region's columns, and all regions denoise one shared x_t
+    (MultiDiffusion, Bar-Tal et al. 2023) — so each character is drawn by its own adapter in one coherent picture."""
+    adapters = adapters or {}
+    unknown = sorted({r.adapter for regions in pictures for r in regions if r.adapter is not None} - set(adapters))
+    if unknown:
+        raise ValueError(f"no adapter weights given for {unknown}; given: {sorted(adapters)}")
+    was_training = model.training
+    model.eval()
+    device = next(model.denoiser.parameters()).device
+    width = model.sample_shape[-1]
+    masks = [region_masks([r.position for r in regions], width) for regions in pictures]
+    groups = {}  # adapter -> (picture index of each row, column mask of each row, guided denoiser of the rows)
+    for key in dict.fromkeys(r.adapter for regions in pictures for r in regions):
+        rows = [(b, i) for b, regions in enumerate(pictures) for i, r in enumerate(regions) if r.adapter == key]
+        context, mask = model.encode_text([pictures[b][i].caption for b, i in rows] + [""])
+        guided = classifier_free_guidance(model.denoiser, context[:-1], context[-1:], guidance_scale, mask[:-1], mask[-1:])
+        index = torch.tensor([b for b, _ in rows], device=device)
+        columns = torch.stack([masks[b][i] for b, i in rows]).view(len(rows), 1, 1, width).to(device)
+        groups[key] = (index, columns, guided)
+    with adapter_swapper(model.denoiser, adapters) as use:
+        def fused(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros_like(x, dtype=torch.float32)
+            for key, (index, columns, guided) in groups.items():
+                use(key)
+                out.index_add_(0, index, guided(x[index], t[index]).float() * columns)
+            return out
+        x = sample(fused, (len(pictures), *model.sample_shape), model.schedule, sampler="ddim", steps=steps,
+                   prediction_type=model.prediction_type, generator=generator, device=device, progress=progress)
+    model.train(was_training)
+    return model.to_images(x).float().cpu()
+
+
+def duo_scenes(first: Character, second: Character, n: int = 32, seed: int = 1) -> list[Scene]:
+    "`n` scenes of two characters side by side, at random positions (either may stand on the left) and backgrounds."
+    rng = random.Random(f"duo-{first.name}-{second.name}-{seed}")
+    scenes = []
+    for _ in range(n):
+        spots = rng.sample(POSITIONS, 2)
+        actors = sorted([first.actor(spots[0]), second.actor(spots[1])], key=lambda a: POSITIONS.index(a.position))
+        scenes.append(Scene(rng.choice(BACKGROUNDS), tuple(actors)))
+    return scenes
+
+
+def recognised_characters(judge: AttributeJudge, images: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, float]:
+    """Per named character, the share of its pictures that show its look (shape, colour and size) at its position;
+    `together`, the share of pictures that show every named character at once."""
+    per_name: dict[str, list[bool]] = {}
+    together = []
+    for pred, scene in zip(judge_predictions(judge, images), scenes, strict=True):
+        found = dict(zip(scene_attributes(scene), attributes_found(pred, scene)))
+        oks = {a.name: all(found[(k, a.position, getattr(a, k))] for k in ("shape", "colour", "size"))
+               for a in scene.actors if a.name is not None}
+        for name, ok in oks.items():
+            per_name.setdefault(name, []).append(ok)
+        together.append(all(oks.values()))
+    return {**{name: sum(v) / len(v) for name, v in per_name.items()}, "together": sum(together) / len(together)}
+

@@ -3,6 +3,7 @@ import contextlib
 import io
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from storyteller import lora
 from storyteller.app import (APP_CONFIG, CharacterIllustrator, Character, Story, StoryError, StorytellerAI, StoryScene,
                              character_look, load_story, save_story, story_record)
 from storyteller.adapters import IllustratorAdapter
+from storyteller.core import to_pil
 from storyteller.cli import main
 from storyteller.manager import ModelLoadError, ModelManager, TaskCoordinator
 from storyteller.storyworld import render, sample_scene
@@ -171,12 +173,31 @@ def test_character_illustrator_draws_each_prompt_with_its_heros_adapter(tmp_path
         assert alone.tobytes() == image.tobytes(), prompt
 
 
+def test_two_characters_in_their_places_are_drawn_by_regions():
+    "A prompt that places Pip and Luna is drawn by regions, each with its own adapter, as `generate_regions` draws it."
+    artist = CharacterIllustrator()
+    folders = {n: artist.learn(character_look(n, d), progress=False)
+               for n, d in (("Pip", "a big orange star"), ("Luna", "a small pink triangle"))}
+    prompt = "a meadow with Pip the big orange star on the left, to the left of Luna the small pink triangle on the right"
+    regions = artist.regions(prompt)
+    assert [(r.adapter, r.position) for r in regions] == [("Pip", "left"), ("Luna", "right")]
+    assert regions[1].caption == "Luna the small pink triangle on the right of a meadow"
+    assert artist.regions("Pip and Luna at the beach") is None  # no places: drawn with the hero's adapter
+    assert artist.regions("Pip on the left and Luna on the left in a meadow") is None
+    mixed = artist.generate_image(["Luna in the centre of a meadow", prompt])
+    weights = {n: lora.adapter_weights(artist.model.denoiser, f) for n, f in folders.items()}
+    by_hand = lora.generate_regions(artist.model, [regions], weights, steps=artist.steps,
+                                    guidance_scale=artist.guidance_scale, generator=torch.Generator().manual_seed(artist.seed))
+    assert to_pil(by_hand[0]).tobytes() == mixed[1].tobytes()
+
+
 def test_a_new_character_is_trained_once_then_cached(monkeypatch):
     "Max has no shipped adapter: `learn` trains one into STORYTELLER_HOME, and the second call only loads it."
     artist = CharacterIllustrator()
     max_look = lora.Character("Max", "circle", "blue", "small")
     folder = artist.learn(max_look, steps=3, progress=False)
-    assert folder.parent.name == "characters" and folder.name == "Max-small-blue-circle-3-32pairs-shipped-unet"
+    assert folder.parent.name == "characters" and folder.name == f"Max-small-blue-circle-3-32pairs-{artist.base}"
+    assert re.fullmatch(r"shipped-unet-[0-9a-f]{6}", artist.base)  # names the shipped U-Net it fits
     assert lora.read_adapter_config(folder)["r"] == 8
     stamp = (folder / lora.ADAPTER_WEIGHTS).stat().st_mtime_ns
     monkeypatch.setattr(lora, "teach_character", lambda *a, **k: pytest.fail("trained again"))
