@@ -373,8 +373,8 @@ class CharacterIllustrator(IllustratorAdapter):
 
     def regions(self, prompt: str) -> list[lora.Region] | None:
         """The regions of a prompt that names two or more characters with adapters, each at a position, on a background:
-        one per character, captioned alone (by its name, and its look where the prompt gives it) for its own adapter.
-        None for any other prompt."""
+        one per character, captioned alone for its own adapter — by its look where the prompt gives it (words the base
+        model knows), else by its name. None for any other prompt."""
         background = first_word(prompt, PLACES["en"], "en")
         found = sorted((at, name) for name in self.adapters if (at := name_at(name, prompt)) is not None)
         if background is None or len(found) < 2:
@@ -385,7 +385,7 @@ class CharacterIllustrator(IllustratorAdapter):
             spot, look = first_word(said, SPOTS["en"], "en"), look_words(said)
             if spot is None or spot in [r.position for r in regions]:
                 return None
-            text = (caption(Scene(background, (Actor(look["shape"], look["colour"], look["size"], spot, name),)))
+            text = (caption(Scene(background, (Actor(look["shape"], look["colour"], look["size"], spot),)))
                     if len(look) == 3 else lora.solo_caption(name, spot, background))
             regions.append(lora.Region(text, spot, name))
         return regions

@@ -1,7 +1,7 @@
 """The shipped checkpoints load through the real path and are as good as their provenance says."""
 import pytest
 
-from storyteller.core import SHIPPED_DIR, load_shipped
+from storyteller.core import SHIPPED_DIR, lineage, load_shipped
 from storyteller.foundations import evaluate_miniclip
 from storyteller.storyworld import evaluate_judge
 from storyteller.vqvae import evaluate_vqvae
@@ -61,7 +61,7 @@ def test_shipped_text_to_image_models_draw_their_captions(name):
 
 
 def test_shipped_text_to_image_models_trained_alike():
-    "Chapter 5 compares the U-Net and the DiT at equal steps, batch, schedule, prediction type and text encoder."
-    unet, dit = (load_shipped(name)[1]["config"] for name in ("unet", "dit"))
+    "The first runs of the shipped U-Net and DiT were alike: steps, batch, schedule, prediction type, text encoder."
+    unet, dit = (lineage(load_shipped(name)[1])[0]["config"] for name in ("unet", "dit"))
     shared = ("steps", "batch_size", "schedule", "prediction_type", "cond_drop", "ema_decay", "text", "image_size")
     assert {k: unet[k] for k in shared} == {k: dit[k] for k in shared}
