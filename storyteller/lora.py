@@ -626,7 +626,8 @@ def adapter_weights(model: nn.Module, directory: str | Path) -> dict[str, torch.
 def adapter_swapper(model: nn.Module, adapters: dict[str, dict[str, torch.Tensor]]) -> Iterator[Callable[[str | None], None]]:
     """A function that puts adapter `name` (None: none, the base model) into `model`'s LoRA layers; on leaving, the
     layers hold what they held before."""
-    layers, before = lora_layers(model), lora_state_dict(model)
+    layers = lora_layers(model)
+    before = {k: v.clone() for k, v in lora_state_dict(model).items()}  # state_dict tensors share the live storage
     expected = set(before)
     for name, weights in adapters.items():
         if set(weights) != expected:
