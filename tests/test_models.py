@@ -61,7 +61,11 @@ def test_shipped_text_to_image_models_draw_their_captions(name):
 
 
 def test_shipped_text_to_image_models_trained_alike():
-    "The first runs of the shipped U-Net and DiT were alike: steps, batch, schedule, prediction type, text encoder."
-    unet, dit = (lineage(load_shipped(name)[1])[0]["config"] for name in ("unet", "dit"))
-    shared = ("steps", "batch_size", "schedule", "prediction_type", "cond_drop", "ema_decay", "text", "image_size")
-    assert {k: unet[k] for k in shared} == {k: dit[k] for k in shared}
+    """The shipped U-Net and DiT were trained alike, run for run: steps, batch, schedule, prediction type, text
+    encoder, loss weighting (chapter 5 compares them at equal training compute)."""
+    runs = {name: lineage(load_shipped(name)[1]) for name in ("unet", "dit")}
+    assert len(runs["unet"]) == len(runs["dit"]) == 2
+    shared = ("steps", "batch_size", "schedule", "prediction_type", "cond_drop", "ema_decay", "text", "image_size",
+              "snr_gamma")
+    for unet, dit in zip(runs["unet"], runs["dit"]):
+        assert {k: unet["config"].get(k) for k in shared} == {k: dit["config"].get(k) for k in shared}
