@@ -373,8 +373,9 @@ class CharacterIllustrator(IllustratorAdapter):
 
     def regions(self, prompt: str) -> list[lora.Region] | None:
         """The regions of a prompt that names two or more characters with adapters, each at a position, on a background:
-        one per character, captioned alone for its own adapter — by its look where the prompt gives it (words the base
-        model knows), else by its name. None for any other prompt."""
+        one per character, captioned alone: by its look where the prompt gives it, drawn by the base model (chapter 6:
+        look words draw a character at least as well without its adapter), else by its name, drawn with its adapter.
+        None for any other prompt."""
         background = first_word(prompt, PLACES["en"], "en")
         found = sorted((at, name) for name in self.adapters if (at := name_at(name, prompt)) is not None)
         if background is None or len(found) < 2:
@@ -385,9 +386,10 @@ class CharacterIllustrator(IllustratorAdapter):
             spot, look = first_word(said, SPOTS["en"], "en"), look_words(said)
             if spot is None or spot in [r.position for r in regions]:
                 return None
-            text = (caption(Scene(background, (Actor(look["shape"], look["colour"], look["size"], spot),)))
-                    if len(look) == 3 else lora.solo_caption(name, spot, background))
-            regions.append(lora.Region(text, spot, name))
+            if len(look) == 3:
+                regions.append(lora.Region(caption(Scene(background, (Actor(**look, position=spot),))), spot))
+            else:
+                regions.append(lora.Region(lora.solo_caption(name, spot, background), spot, name))
         return regions
 
     def generate_image(self, prompts):
@@ -396,7 +398,7 @@ class CharacterIllustrator(IllustratorAdapter):
         regional = [i for i, plan in enumerate(plans) if plan]
         if regional:
             weights = {name: lora.adapter_weights(self.model.denoiser, self.adapters[name])
-                       for name in dict.fromkeys(r.adapter for i in regional for r in plans[i])}
+                       for name in dict.fromkeys(r.adapter for i in regional for r in plans[i]) if name is not None}
             drawn = lora.generate_regions(self.model, [plans[i] for i in regional], weights, steps=self.steps,
                                           guidance_scale=self.guidance_scale, generator=torch.Generator().manual_seed(self.seed))
             for i, image in zip(regional, drawn):

@@ -174,14 +174,18 @@ def test_character_illustrator_draws_each_prompt_with_its_heros_adapter(tmp_path
 
 
 def test_two_characters_in_their_places_are_drawn_by_regions():
-    "A prompt that places Pip and Luna is drawn by regions, each with its own adapter, as `generate_regions` draws it."
+    """A prompt that places Pip and Luna is drawn by regions, as `generate_regions` draws them: a character whose look
+    the prompt gives from its look words by the base model, one named only by its name with its adapter."""
     artist = CharacterIllustrator()
     folders = {n: artist.learn(character_look(n, d), progress=False)
                for n, d in (("Pip", "a big orange star"), ("Luna", "a small pink triangle"))}
-    prompt = "a meadow with Pip the big orange star on the left, to the left of Luna the small pink triangle on the right"
+    looks = artist.regions("a meadow with Pip the big orange star on the left, to the left of Luna the small pink triangle on the right")
+    assert [(r.adapter, r.position) for r in looks] == [(None, "left"), (None, "right")]
+    assert looks[1].caption == "a small pink triangle on the right of a meadow"
+    prompt = "a meadow with Pip on the left, to the left of Luna the small pink triangle on the right"
     regions = artist.regions(prompt)
-    assert [(r.adapter, r.position) for r in regions] == [("Pip", "left"), ("Luna", "right")]
-    assert regions[1].caption == "a small pink triangle on the right of a meadow"
+    assert [(r.adapter, r.position) for r in regions] == [("Pip", "left"), (None, "right")]
+    assert regions[0].caption == lora.solo_caption("Pip", "left", "meadow")
     assert artist.regions("Pip and Luna at the beach") is None  # no places: drawn with the hero's adapter
     assert artist.regions("Pip on the left and Luna on the left in a meadow") is None
     mixed = artist.generate_image(["Luna in the centre of a meadow", prompt])
