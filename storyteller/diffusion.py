@@ -143,7 +143,7 @@ def ddpm_step(schedule: NoiseSchedule, output: torch.Tensor, t: int, t_prev: int
     a, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)  # float32 scalars, as the reference computes
     alpha = a / a_prev
     beta = 1 - alpha
-    x0, _ = schedule.predict_x0_eps(output, x_t, torch.full((len(x_t),), t), prediction_type)
+    x0, _ = schedule.predict_x0_eps(output, x_t, torch.full((len(x_t),), t, device=x_t.device), prediction_type)
     if clip_sample is not None:
         x0 = x0.clamp(-clip_sample, clip_sample)
     mean = (a_prev.sqrt() * beta / (1 - a)) * x0 + (alpha.sqrt() * (1 - a_prev) / (1 - a)) * x_t
@@ -158,7 +158,7 @@ def ddim_step(schedule: NoiseSchedule, output: torch.Tensor, t: int, t_prev: int
               clip_sample: float | None = None) -> torch.Tensor:
     "One DDIM step x_t → x_{t_prev}: √ᾱ_prev·x̂₀ + √(1 − ᾱ_prev − σ²)·ε̂ + σ·z, σ = η·√((1−ᾱ_prev)/(1−ᾱₜ)·(1 − ᾱₜ/ᾱ_prev))."
     a, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
-    x0, eps = schedule.predict_x0_eps(output, x_t, torch.full((len(x_t),), t), prediction_type)
+    x0, eps = schedule.predict_x0_eps(output, x_t, torch.full((len(x_t),), t, device=x_t.device), prediction_type)
     if clip_sample is not None:
         x0 = x0.clamp(-clip_sample, clip_sample)
     sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()

@@ -1,0 +1,174 @@
+"""Every sampling, training, adapter and application path with its models on an accelerator, on a machine without one:
+`standin.StandInDevice` puts the models on a stand-in device whose tensors hold CPU data, so that mixing them with
+CPU tensors fails as it does on a GPU, while the numbers stay real and can be compared with the CPU's."""
+import dataclasses
+import importlib
+import random
+
+import pytest
+import torch
+
+from standin import DEVICE, OnDevice, StandInDevice
+from storyteller import lora
+from storyteller.core import RECIPE_MODULES, fit, get_profile, get_recipe, load_shipped
+from storyteller.manager import ModelManager, TaskCoordinator, parse_config, tiny_hf_config
+from storyteller.storyworld import render, sample_scene
+
+CAPTIONS = ["a big orange star on the left of a meadow", "Luna the small pink triangle in the centre of the sea"]
+IMAGES = [render(sample_scene(random.Random(i), 1), 32) for i in range(2)]
+seeded = lambda: torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def on_device(monkeypatch):
+    "Inside the stand-in device, with `get_device` and accelerate's `Accelerator` choosing it, as they choose CUDA on a GPU."
+    import accelerate
+
+    monkeypatch.setattr(accelerate.Accelerator, "device", property(lambda self: DEVICE))
+    for name in RECIPE_MODULES + ("storyteller.core", "storyteller.lora"):
+        module = importlib.import_module(name)
+        if hasattr(module, "get_device"):
+            monkeypatch.setattr(module, "get_device", lambda prefer=None: DEVICE)
+    with StandInDevice():
+        yield
+
+
+def on(model: torch.nn.Module) -> set[str]:
+    "The device types of a model's parameters and buffers."
+    return {t.device.type for t in [*model.parameters(), *model.buffers()]}
+
+
+def test_the_stand_in_device_fails_where_cuda_fails():
+    with StandInDevice():
+        x = torch.ones(2, 3, device=DEVICE)
+        assert isinstance(x, OnDevice) and x.device == DEVICE
+        with pytest.raises(RuntimeError, match="same device"):
+            x + torch.ones(2, 3)                           # a CPU tensor beside a device tensor
+        with pytest.raises(RuntimeError, match="same device"):
+            x * torch.full((2, 1), 2.0)                    # the sampler bug: per-sample coefficients built on the CPU
+        with pytest.raises(RuntimeError, match="indices"):
+            torch.arange(5.0)[torch.tensor([0, 1], device=DEVICE)]
+        with pytest.raises(RuntimeError, match="generator"):
+            torch.randn(2, generator=seeded(), device=DEVICE)
+        assert (x * torch.tensor(2.0)).sum().item() == 12  # CPU scalars mix, as on CUDA
+        assert type(x.cpu()) is torch.Tensor and x[torch.tensor([0])].device == DEVICE
+        assert torch.tensor([1, 2], device=DEVICE).tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("recipe", ["unet", "dit"])
+@pytest.mark.parametrize("sampler", [{"sampler": "ddim"}, {"sampler": "ddim", "eta": 1.0}, {"sampler": "ddpm"}])
+def test_sampling_on_a_device_draws_what_the_cpu_draws(recipe, sampler):
+    model = load_shipped(recipe)[0]
+    on_cpu = model.generate(CAPTIONS, steps=4, generator=seeded(), **sampler)
+    with StandInDevice():
+        model.to(DEVICE)
+        drawn = model.generate(CAPTIONS, steps=4, generator=seeded(), **sampler)
+    torch.testing.assert_close(drawn, on_cpu, atol=1e-5, rtol=0)
+
+
+SMALL = {"steps": 2, "batch_size": 4, "eval_size": 8, "eval_prompts": 4, "eval_steps": 2, "sweep_prompts": 0,
+         "disc_start": 1, "num_workers": 0}
+
+
+@pytest.mark.parametrize("name", ["judge", "miniclip", "vqvae", "vqgan", "unet", "dit"])
+def test_every_recipe_trains_and_evaluates_on_a_device(name, on_device):
+    recipe = get_recipe(name)
+    config = recipe.config(get_profile("cpu"))
+    config.update({k: v for k, v in SMALL.items() if k in config})
+    model = recipe.build(config)
+    metrics = recipe.train(model, config, progress=False)
+    assert on(model) == {DEVICE.type} and metrics
+
+
+def test_character_adapters_train_swap_and_draw_regions_on_a_device(on_device, tmp_path):
+    unet = load_shipped("unet")[0]
+    history = lora.teach_character(unet, lora.Character("Pip", "star", "orange", "big"), steps=2, batch_size=4,
+                                   n_examples=4, progress=False)
+    assert on(unet) == {DEVICE.type} and len(history.losses) == 2
+    folder = lora.save_adapter(unet.denoiser, tmp_path / "pip")
+    regions = [[lora.Region(CAPTIONS[0], "left", "Pip"), lora.Region(CAPTIONS[1], "centre")]]
+    drawn = lora.generate_regions(unet, regions, {"Pip": lora.adapter_weights(unet.denoiser, folder)}, steps=3,
+                                  generator=seeded())
+    lora.merge_lora(unet.denoiser)
+    lora.unmerge_lora(unet.denoiser)
+    with torch.utils._python_dispatch._disable_current_modes():  # the same on the CPU
+        cpu = load_shipped("unet")[0]
+        lora.load_adapter(cpu.denoiser, folder)
+        on_cpu = lora.generate_regions(cpu, regions, {"Pip": lora.adapter_weights(cpu.denoiser, folder)}, steps=3,
+                                       generator=seeded())
+    torch.testing.assert_close(drawn, on_cpu, atol=1e-5, rtol=0)
+
+
+def test_lora_on_a_hugging_face_clip_trains_on_a_device(on_device, tmp_path):
+    from transformers import CLIPModel, CLIPProcessor
+
+    source = lora.save_tiny_clip(tmp_path / "clip")
+    clip, processor = CLIPModel.from_pretrained(source), CLIPProcessor.from_pretrained(source)
+    lora.inject_lora(clip, ["q_proj", "v_proj"], r=4, alpha=8)
+    loader = lora.processor_loader(lora.storyworld_pairs("train", 8), processor, 4)
+    fit(clip, lora.hf_loss, loader, 2, progress=False)
+    batch = {k: v.to(DEVICE) for k, v in next(iter(loader)).items()}
+    assert on(clip) == {DEVICE.type} and set(lora.clip_retrieval(clip, batch)) and lora.training_footprint(clip, lora.hf_loss, batch)
+
+
+def device_manager(config: dict, device: torch.device) -> ModelManager:
+    "A manager over `config` with every model that takes a device on `device`."
+    return ModelManager([dataclasses.replace(s, device=str(device)) if s.type != "writer" else s
+                         for s in parse_config(config)])
+
+
+def every_task(coordinator: TaskCoordinator, name: str) -> list:
+    "What model `name` gives for each capability it has, on the same inputs."
+    from storyteller.adapters import Capability
+
+    model, does = coordinator.manager.get(name), coordinator.manager.capabilities(name)
+    out = []
+    if Capability.IMAGE_EMBEDDING in does:
+        out.append(model.similarity(IMAGES, CAPTIONS))
+    if Capability.CAPTIONING in does:
+        out.append(model.caption(IMAGES, "short", "en"))
+    if Capability.VQA in does:
+        out.append(model.answer_question(IMAGES, ["What colour is it?", "Where is it?"]))
+    if Capability.TEXT_GENERATION in does:
+        out.append(model.generate_text(["Tell a story about Pip."]))
+    if Capability.STREAMING in does:
+        out.append("".join(model.stream_text("Describe it.", IMAGES[0])))
+    return out
+
+
+@pytest.mark.parametrize("name", ["clip", "blip2", "llava", "qwen2-vl", "qwen2.5-vl"])
+def test_every_hugging_face_capability_runs_on_a_device_as_on_the_cpu(name, tmp_path):
+    config = tiny_hf_config(tmp_path)
+    expected = every_task(TaskCoordinator(device_manager(config, torch.device("cpu"))), name)
+    with StandInDevice():
+        coordinator = TaskCoordinator(device_manager(config, DEVICE))
+        got = every_task(coordinator, name)
+        assert on(coordinator.manager.get(name).model) == {DEVICE.type}
+    for mine, cpu in zip(got, expected, strict=True):
+        if torch.is_tensor(cpu):
+            torch.testing.assert_close(mine, cpu, atol=1e-5, rtol=0)  # similarities, to rounding
+        else:
+            assert mine == cpu  # texts, exactly
+
+
+def test_the_storyteller_tells_a_story_on_a_device(tmp_path):
+    from storyteller.app import APP_CONFIG, StorytellerAI, load_story
+
+    def tell(device: torch.device):
+        teller = StorytellerAI(TaskCoordinator(device_manager(APP_CONFIG, device)))
+        teller.create_story("Pip and Luna")
+        for name, look in (("Pip", "a big orange star"), ("Luna", "a small pink triangle")):
+            teller.add_character(name, look)
+            teller.teach_character(name, progress=False)
+        teller.write_story()
+        teller.continue_story("Then Pip and Luna went to the sea.")
+        for i in range(len(teller.current.scenes)):
+            teller.ask(i, teller.suggest_question(i))
+        teller.add_character("Max", image=IMAGES[0])
+        teller.visualise_character("Pip")
+        return load_story(teller.save(tmp_path / device.type))
+
+    on_cpu = tell(torch.device("cpu"))
+    with StandInDevice():
+        story = tell(DEVICE)
+    assert story == on_cpu
