@@ -145,8 +145,10 @@ QUANTIZATIONS = ("8bit", "4bit")
 
 
 def from_pretrained_kwargs(device: str = "cpu", dtype: str | None = None, quantization: str | None = None) -> dict:
-    "The `from_pretrained` arguments for a device, a dtype name and an optional bitsandbytes quantization (CUDA only)."
-    kwargs = {}
+    """The `from_pretrained` arguments for a device, a dtype name and an optional bitsandbytes quantization (CUDA only).
+    On CUDA the weights load straight onto the GPU (`device_map`): a 7B model in float16 (14 GB) would not fit a
+    Colab machine's 12 GB of RAM on the way."""
+    kwargs = {"device_map": {"": torch.device(device).index or 0}} if torch.device(device).type == "cuda" else {}
     if dtype is not None:
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
@@ -161,15 +163,15 @@ def from_pretrained_kwargs(device: str = "cpu", dtype: str | None = None, quanti
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=quantization == "8bit",
                                                            load_in_4bit=quantization == "4bit",
                                                            bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
-        kwargs["device_map"] = {"": torch.device(device).index or 0}
     return kwargs
 
 
 def load_hf(model_class: type, path: str | Path, device: str = "cpu", dtype: str | None = None,
             quantization: str | None = None) -> nn.Module:
-    "`model_class.from_pretrained(path)` on `device`, in eval mode (a quantized model is placed by `device_map`)."
-    model = model_class.from_pretrained(path, **from_pretrained_kwargs(device, dtype, quantization))
-    return (model if quantization else model.to(device)).eval()
+    "`model_class.from_pretrained(path)` on `device`, in eval mode (on CUDA, placed by `device_map` as it loads)."
+    kwargs = from_pretrained_kwargs(device, dtype, quantization)
+    model = model_class.from_pretrained(path, **kwargs)
+    return (model if "device_map" in kwargs else model.to(device)).eval()
 
 
 class HFAdapter(MultimodalModel):

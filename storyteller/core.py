@@ -11,6 +11,7 @@ import platform
 import random
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,11 +62,16 @@ PROFILES: dict[str, Profile] = {
 
 
 def get_profile(name: str | None = None) -> Profile:
-    "The profile named by `name`, else by `STORYTELLER_PROFILE`, else `gpu` with CUDA and `cpu` without."
+    """The profile named by `name`, else by `STORYTELLER_PROFILE`, else `gpu` with CUDA and `cpu` without. Asking for
+    `gpu` without CUDA warns: its sizes take hours on a CPU."""
     name = name or os.environ.get("STORYTELLER_PROFILE") or ("gpu" if torch.cuda.is_available() else "cpu")
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r} (from STORYTELLER_PROFILE or the argument); "
                          f"valid profiles: {', '.join(sorted(PROFILES))}")
+    if name == "gpu" and not torch.cuda.is_available():
+        warnings.warn("the gpu profile without CUDA: chapters will train and evaluate at GPU sizes on this machine, "
+                      "which takes hours; unset STORYTELLER_PROFILE (or set it to cpu) unless that is what you want",
+                      stacklevel=2)
     return PROFILES[name]
 
 # %% ../nbs/A1_core.ipynb #c85ee359

@@ -26,11 +26,12 @@ from .adapters import (DTYPES, QUANTIZATIONS, BLIP2Adapter, Capability, CLIPAdap
 from .core import SHIPPED_DIR, _atomic_write, get_recipe, read_provenance
 
 # %% auto #0
-__all__ = ['MODEL_TYPES', 'SPEC_FIELDS', 'QUANTIZED_BYTES', 'HF_CAPTIONER', 'OFFLINE_CONFIG', 'GPU_CONFIG', 'EVENT_STYLE',
-           'ConfigError', 'ModelSpec', 'ModelType', 'register_model_type', 'parse_spec', 'parse_config', 'read_config',
-           'parameter_bytes', 'estimate_hf_bytes', 'estimate_own_bytes', 'ModelLoadError', 'BudgetExceeded', 'Event',
-           'ModelManager', 'NoCapableModel', 'model_key', 'content_key', 'EmbeddingCache', 'ImageIndex', 'Request',
-           'TaskCoordinator', 'tiny_hf_config', 'per_image_search', 'retrieval_speedup', 'plot_timeline']
+__all__ = ['MODEL_TYPES', 'SPEC_FIELDS', 'QUANTIZED_BYTES', 'HF_CAPTIONER', 'OFFLINE_CONFIG', 'GPU_CONFIG', 'STORY_TOKENS',
+           'EVENT_STYLE', 'ConfigError', 'ModelSpec', 'ModelType', 'register_model_type', 'parse_spec', 'parse_config',
+           'read_config', 'parameter_bytes', 'estimate_hf_bytes', 'estimate_own_bytes', 'ModelLoadError',
+           'BudgetExceeded', 'Event', 'ModelManager', 'NoCapableModel', 'model_key', 'content_key', 'EmbeddingCache',
+           'ImageIndex', 'Request', 'TaskCoordinator', 'tiny_hf_config', 'per_image_search', 'retrieval_speedup',
+           'plot_timeline']
 
 # %% ../nbs/07b_manager.ipynb #1daa3a2b
 class ConfigError(ValueError):
@@ -527,6 +528,9 @@ def _language(texts: Sequence[str], language: str | None) -> str:
     return language or ("zh" if any(is_chinese(t) for t in texts) else "en")
 
 
+STORY_TOKENS = 400  # room for a story of four or five paragraphs; a caption's 60 tokens would cut it off
+
+
 class TaskCoordinator:
     """Routes tasks to a model that has the capability and the language: first by feedback weight, then by the fallback
     order (the config's order unless given). Caches embeddings by content, batches requests per model, streams, runs
@@ -607,10 +611,10 @@ class TaskCoordinator:
         "Indices of the `top_k` pool images closest to `query` (for many queries over one pool, use `index`)."
         return self.index(pool, _language([query], language)).search([query], top_k)[0]
 
-    def write_story(self, prompt: str) -> str:
+    def write_story(self, prompt: str, max_new_tokens: int = STORY_TOKENS) -> str:
         "A story for `prompt`, in the prompt's language, paragraphs separated by blank lines."
         with self.manager.use(self.route(Capability.TEXT_GENERATION, _language([prompt], None))) as model:
-            return model.generate_text([prompt])[0]
+            return model.generate_text([prompt], max_new_tokens=max_new_tokens)[0]
 
     def illustrate(self, texts: Sequence[str], pool: Sequence[Image.Image] | None = None,
                    language: str | None = None) -> list[Image.Image]:
@@ -628,12 +632,12 @@ class TaskCoordinator:
         paragraphs = self.write_story(prompt).split("\n\n")
         return list(zip(paragraphs, self.illustrate(paragraphs, pool), strict=True))
 
-    def stream(self, prompt: str, image: Image.Image | None = None) -> Iterator[str]:
+    def stream(self, prompt: str, image: Image.Image | None = None, max_new_tokens: int = STORY_TOKENS) -> Iterator[str]:
         """The text for `prompt` (about `image`, if given) in pieces as it is written, in the prompt's language; the
         model stays pinned until the stream ends or is closed."""
         needs = [Capability.STREAMING] + ([Capability.CAPTIONING] if image is not None else [])
         with self.manager.use(self.route(needs, _language([prompt], None))) as model:
-            yield from model.stream_text(prompt, image)
+            yield from model.stream_text(prompt, image, max_new_tokens)
 
     def run_batch(self, requests: Sequence[Request]) -> list:
         "Results of many requests, in order, with one call per (task, model, style, language) group instead of one per request."

@@ -112,6 +112,24 @@ def test_coordinator_routes_across_the_families(hf):
     assert all(name in ("blip2", "llava", "qwen2-vl", "qwen2.5-vl") for _, name in chosen)
 
 
+def test_a_story_gets_a_storys_length_not_a_captions(hf, monkeypatch):
+    "The writer may write `STORY_TOKENS` new tokens, streaming too, where a caption gets 60."
+    from storyteller.manager import STORY_TOKENS
+
+    coordinator = TaskCoordinator(hf)
+    writer = hf.get(coordinator.route(Capability.TEXT_GENERATION))
+    count = lambda text: len(writer.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    story = coordinator.write_story("A story about Pip.", max_new_tokens=120)  # a random tiny model rarely stops early
+    assert 60 < count(story) <= 120 + 2  # decoding and re-encoding may merge or split a token at the seams
+    assert "".join(coordinator.stream("A story about Pip.", max_new_tokens=120)) == story
+    asked = []
+    for name in ("llava", "qwen2-vl"):
+        model = hf.get(name)
+        monkeypatch.setattr(model, "generate_text", lambda prompts, images=None, max_new_tokens=60: asked.append(max_new_tokens) or ["…"])
+    coordinator.write_story("A story about Pip."), coordinator.write_story("讲一个关于皮普的故事。")
+    assert asked == [STORY_TOKENS, STORY_TOKENS] and STORY_TOKENS >= 300
+
+
 def test_vqa_prompt_formats(hf, monkeypatch):
     blip2 = hf.get("blip2")
     seen = []
