@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> str:
-    "Run `storyteller train`; return the summary line."
+    "Run `storyteller train`; return the summary line (on the main process only, when launched on several)."
+    from accelerate import PartialState
+
     recipe = get_recipe(args.name)
     overrides = dict(_parse_override(s) for s in args.set)
     profile = get_profile(args.profile or ("cpu" if args.ship else None))
@@ -72,6 +74,8 @@ def _train(args: argparse.Namespace) -> str:
     out = args.out or (SHIPPED_DIR if args.ship else storyteller_home()) / f"{args.name}.safetensors"
     resume = out if args.resume is True else args.resume
     _, provenance = train_model(args.name, out=out, profile=profile, resume=resume, **overrides)
+    if not PartialState().is_main_process:
+        return ""
     metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in provenance["metrics"].items())
     return f"wrote {out}\n{describe_provenance(provenance)}\nmetrics: {metrics}"
 
@@ -161,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     commands = {"train": _train, "list": lambda _: _list(), "demo": _demo, "tell": _tell, "models": _models}
     try:
-        print(commands[args.command](args))
+        if said := commands[args.command](args):
+            print(said)
     except (ValueError, KeyError, NoCapableModel, ModelLoadError, CheckpointError, OSError) as e:
         print(f"storyteller: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2

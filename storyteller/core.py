@@ -137,16 +137,19 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterab
     """Train `model` for `steps` optimiser steps of `loss_fn(model, batch)` over `data`; return the `History`.
 
     `callback(step)` runs after every optimiser step (an EMA of the weights, say). The model ends on the training
-    device, in eval mode. Mixed precision is fixed once per process (accelerate's rule); multi-GPU data parallelism
-    needs a `loss_fn` that calls `model(...)` rather than its submodules."""
+    device, in eval mode. Mixed precision is fixed once per process (accelerate's rule). Launched on several processes
+    (`accelerate launch`, `torchrun`), each takes its share of every batch, so the global batch is the loader's, and
+    the logged loss is the global batch's; data parallelism needs a `loss_fn` that calls `model(...)` rather than its
+    submodules."""
     from accelerate import Accelerator
-    from accelerate.utils import send_to_device
+    from accelerate.utils import DataLoaderConfiguration, send_to_device
     from tqdm.auto import tqdm
 
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     accelerator = Accelerator(mixed_precision=mixed_precision or default_mixed_precision(),
-                              gradient_accumulation_steps=grad_accum)
+                              gradient_accumulation_steps=grad_accum,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup))
@@ -154,7 +157,7 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterab
     history, batches = History(), cycle(data)
     prepared.train()
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    bar = tqdm(range(steps), desc=desc, disable=not progress or not accelerator.is_local_main_process)
     for step in bar:
         for _ in range(grad_accum):
             with accelerator.accumulate(prepared), accelerator.autocast():
@@ -170,7 +173,7 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterab
         schedule.step()
         if callback is not None:
             callback(step)
-        history.losses.append(loss.item())
+        history.losses.append(accelerator.reduce(loss.detach(), "mean").item())  # the mean over the processes' shares
         for key, value in logs.items():
             history.logs.setdefault(key, []).append(float(value))
         recent = history.losses[-20:]
@@ -371,7 +374,10 @@ def train_model(name: str, out: str | Path | None = None, profile: Profile | Non
                 resume: str | Path | None = None, **overrides) -> tuple[nn.Module, dict]:
     """Train the recipe `name`, optionally save it as `out` (safetensors + provenance); return model and provenance.
     With `resume`, training starts from that checkpoint's weights (fresh optimiser and warm-up) and the provenance
-    keeps the parent's record under `resumed_from`, so a long run can be built from several shorter ones."""
+    keeps the parent's record under `resumed_from`, so a long run can be built from several shorter ones. Launched on
+    several processes, the main one writes the checkpoint and the others wait for it."""
+    from accelerate import PartialState
+
     recipe = get_recipe(name)
     config = resolve_config(recipe, profile, **overrides)
     seed_everything(config["seed"])
@@ -392,8 +398,10 @@ def train_model(name: str, out: str | Path | None = None, profile: Profile | Non
     }
     if parent is not None:
         provenance["resumed_from"] = parent
-    if out is not None:
+    state = PartialState()  # as `fit` set it up: one process, or one of several
+    if out is not None and state.is_main_process:
         save_checkpoint(model, out, provenance)
+    state.wait_for_everyone()
     return model, provenance
 
 # %% ../nbs/A1_core.ipynb #9d6e4a1f

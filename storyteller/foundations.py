@@ -490,6 +490,9 @@ def evaluate_miniclip(model: MiniCLIP, n: int = 1000, lang: str = "en", image_si
 
 def train_miniclip(model: MiniCLIP, config: dict, progress: bool = True) -> dict:
     "Train `model` with the contrastive loss (NegCLIP's if the config asks for `hard_negatives`) as `config` says; return its held-out metrics in English."
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by torchrun and accelerate launch
+        raise ValueError("mini-CLIP training runs in one process: the contrastive loss would see only each process's "
+                         "share of the batch as negatives; launch it without torchrun or accelerate launch")
     loader = storyworld_loader("train", batch_size=config["batch_size"], seed=config["seed"], lang=config["lang"],
                                image_size=config["image_size"], num_workers=config["num_workers"])
     loss_fn = clip_step_loss(build_tokenizer(), config.get("hard_negatives", False), config["seed"])

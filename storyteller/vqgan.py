@@ -194,6 +194,10 @@ def fit_vqgan(model: VQGAN, perceptual: PerceptualLoss, data, steps: int, *, lr:
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     accelerator = Accelerator(mixed_precision=default_mixed_precision())
+    if accelerator.num_processes > 1:
+        raise ValueError("VQGAN training runs in one process: its two optimisers, the adaptive weight's autograd.grad "
+                         "and the codebook's running averages are not data-parallel here; launch it without "
+                         "torchrun or accelerate launch")
     model.to(accelerator.device).train(); perceptual.to(accelerator.device)
     opt_g = torch.optim.AdamW(model.autoencoder_parameters(), lr=lr, weight_decay=0.0)
     opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=d_lr, betas=(0.5, 0.9))

@@ -1,5 +1,10 @@
-"""Checkpoints: round trip, atomic files, and errors that name the file."""
+"""Checkpoints: round trip, atomic files, and errors that name the file; training on several processes as on one."""
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,3 +88,35 @@ def test_a_config_that_cannot_build_the_model_names_the_provenance_file(tmp_path
 def test_shipped_files_are_readable_by_everyone(tmp_path):
     path = save_checkpoint(nn.Linear(2, 2), tmp_path / "w.safetensors", {"name": "w"})
     assert path.stat().st_mode & 0o044 == 0o044 and path.with_suffix(".json").stat().st_mode & 0o044 == 0o044
+
+
+def launch(*args: str, processes: int, tmp_path) -> subprocess.CompletedProcess:
+    "Run `args` in `processes` processes under `torchrun` on the CPU (or plainly, for one), from `tmp_path`."
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    command = (runner + ["--no-python"] + list(args)) if processes > 1 else list(args)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_fit_on_two_processes_trains_as_one_with_the_same_global_batch(tmp_path):
+    "Each process takes half of every batch: the logged losses and the weights are the single process's."
+    script = str(Path(__file__).with_name("fit_processes.py"))
+    one, two = (launch(sys.executable, script, processes=n, tmp_path=tmp_path) for n in (1, 2))
+    alone, shared = (json.loads(run.stdout.strip().splitlines()[-1]) for run in (one, two))
+    assert (alone["processes"], shared["processes"]) == (1, 2)
+    torch.testing.assert_close(shared["losses"], alone["losses"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(shared["weight"], alone["weight"], rtol=1e-5, atol=1e-6)
+    assert two.stderr.count("regression: 100%") == 1  # one progress bar
+
+
+def test_storyteller_train_on_two_processes_writes_one_checkpoint(tmp_path):
+    command = shutil.which("storyteller")
+    assert command, "the storyteller command is installed with the package"
+    out = tmp_path / "judge.safetensors"
+    done = launch(command, "train", "judge", "--steps", "2", "--set", "batch_size=8", "--set", "eval_size=16",
+                  "--set", "num_workers=0", "--out", str(out), processes=2, tmp_path=tmp_path)
+    assert done.stdout.count("wrote ") == 1 and done.stderr.count("judge: 100%") == 1
+    model, provenance = load_from("judge", out)
+    assert provenance["steps"] == 2 and provenance["config"]["batch_size"] == 8  # the global batch
