@@ -20,8 +20,9 @@ seeded = lambda: torch.Generator().manual_seed(0)
 
 
 @pytest.fixture
-def on_device(monkeypatch):
-    "Inside the stand-in device, with `get_device` and accelerate's `Accelerator` choosing it, as they choose CUDA on a GPU."
+def training_device(monkeypatch):
+    """`StandInDevice`, with `get_device` and accelerate's `Accelerator` choosing the stand-in device for training, as
+    they choose CUDA on a GPU (for the whole test: the CPU runs beside it must not train)."""
     import accelerate
 
     monkeypatch.setattr(accelerate.Accelerator, "device", property(lambda self: DEVICE))
@@ -29,8 +30,7 @@ def on_device(monkeypatch):
         module = importlib.import_module(name)
         if hasattr(module, "get_device"):
             monkeypatch.setattr(module, "get_device", lambda prefer=None: DEVICE)
-    with StandInDevice():
-        yield
+    return StandInDevice
 
 
 def on(model: torch.nn.Module) -> set[str]:
@@ -71,44 +71,45 @@ SMALL = {"steps": 2, "batch_size": 4, "eval_size": 8, "eval_prompts": 4, "eval_s
 
 
 @pytest.mark.parametrize("name", ["judge", "miniclip", "vqvae", "vqgan", "unet", "dit"])
-def test_every_recipe_trains_and_evaluates_on_a_device(name, on_device):
+def test_every_recipe_trains_and_evaluates_on_a_device(name, training_device):
     recipe = get_recipe(name)
     config = recipe.config(get_profile("cpu"))
     config.update({k: v for k, v in SMALL.items() if k in config})
     model = recipe.build(config)
-    metrics = recipe.train(model, config, progress=False)
+    with training_device():
+        metrics = recipe.train(model, config, progress=False)
     assert on(model) == {DEVICE.type} and metrics
 
 
-def test_character_adapters_train_swap_and_draw_regions_on_a_device(on_device, tmp_path):
-    unet = load_shipped("unet")[0]
-    history = lora.teach_character(unet, lora.Character("Pip", "star", "orange", "big"), steps=2, batch_size=4,
-                                   n_examples=4, progress=False)
-    assert on(unet) == {DEVICE.type} and len(history.losses) == 2
-    folder = lora.save_adapter(unet.denoiser, tmp_path / "pip")
+def test_character_adapters_train_swap_and_draw_regions_on_a_device(training_device, tmp_path):
     regions = [[lora.Region(CAPTIONS[0], "left", "Pip"), lora.Region(CAPTIONS[1], "centre")]]
-    drawn = lora.generate_regions(unet, regions, {"Pip": lora.adapter_weights(unet.denoiser, folder)}, steps=3,
-                                  generator=seeded())
-    lora.merge_lora(unet.denoiser)
-    lora.unmerge_lora(unet.denoiser)
-    with torch.utils._python_dispatch._disable_current_modes():  # the same on the CPU
-        cpu = load_shipped("unet")[0]
-        lora.load_adapter(cpu.denoiser, folder)
-        on_cpu = lora.generate_regions(cpu, regions, {"Pip": lora.adapter_weights(cpu.denoiser, folder)}, steps=3,
-                                       generator=seeded())
+    draw = lambda model, folder: lora.generate_regions(model, regions, {"Pip": lora.adapter_weights(model.denoiser, folder)},
+                                                       steps=3, generator=seeded())
+    unet = load_shipped("unet")[0]
+    with training_device():
+        history = lora.teach_character(unet, lora.Character("Pip", "star", "orange", "big"), steps=2, batch_size=4,
+                                       n_examples=4, progress=False)
+        assert on(unet) == {DEVICE.type} and len(history.losses) == 2
+        folder = lora.save_adapter(unet.denoiser, tmp_path / "pip")
+        drawn = draw(unet, folder)
+        lora.merge_lora(unet.denoiser)
+        lora.unmerge_lora(unet.denoiser)
+    on_cpu = draw(load_shipped("unet")[0], folder)  # the adapter it trained, on the CPU
     torch.testing.assert_close(drawn, on_cpu, atol=1e-5, rtol=0)
 
 
-def test_lora_on_a_hugging_face_clip_trains_on_a_device(on_device, tmp_path):
+def test_lora_on_a_hugging_face_clip_trains_on_a_device(training_device, tmp_path):
     from transformers import CLIPModel, CLIPProcessor
 
     source = lora.save_tiny_clip(tmp_path / "clip")
     clip, processor = CLIPModel.from_pretrained(source), CLIPProcessor.from_pretrained(source)
     lora.inject_lora(clip, ["q_proj", "v_proj"], r=4, alpha=8)
     loader = lora.processor_loader(lora.storyworld_pairs("train", 8), processor, 4)
-    fit(clip, lora.hf_loss, loader, 2, progress=False)
-    batch = {k: v.to(DEVICE) for k, v in next(iter(loader)).items()}
-    assert on(clip) == {DEVICE.type} and set(lora.clip_retrieval(clip, batch)) and lora.training_footprint(clip, lora.hf_loss, batch)
+    with training_device():
+        fit(clip, lora.hf_loss, loader, 2, progress=False)
+        batch = {k: v.to(DEVICE) for k, v in next(iter(loader)).items()}
+        assert on(clip) == {DEVICE.type} and set(lora.clip_retrieval(clip, batch))
+        assert lora.training_footprint(clip, lora.hf_loss, batch, steps=1)["gradients MiB"] > 0
 
 
 def device_manager(config: dict, device: torch.device) -> ModelManager:
