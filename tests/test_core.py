@@ -1,6 +1,7 @@
 """Checkpoints: round trip, atomic files, and errors that name the file; training on several processes as on one."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,7 +109,7 @@ def test_fit_on_two_processes_trains_as_one_with_the_same_global_batch(tmp_path)
     assert (alone["processes"], shared["processes"]) == (1, 2)
     torch.testing.assert_close(shared["losses"], alone["losses"], rtol=1e-5, atol=0)
     torch.testing.assert_close(shared["weight"], alone["weight"], rtol=1e-5, atol=1e-6)
-    assert two.stderr.count("regression: 100%") == 1  # one progress bar
+    assert len(re.findall(r"regression:\s+0%", two.stderr)) == 1  # one progress bar (tqdm may print its 100% line twice)
 
 
 def test_storyteller_train_on_two_processes_writes_one_checkpoint(tmp_path):
@@ -117,6 +118,6 @@ def test_storyteller_train_on_two_processes_writes_one_checkpoint(tmp_path):
     out = tmp_path / "judge.safetensors"
     done = launch(command, "train", "judge", "--steps", "2", "--set", "batch_size=8", "--set", "eval_size=16",
                   "--set", "num_workers=0", "--out", str(out), processes=2, tmp_path=tmp_path)
-    assert done.stdout.count("wrote ") == 1 and done.stderr.count("judge: 100%") == 1
+    assert done.stdout.count("wrote ") == 1 and len(re.findall(r"judge:\s+0%", done.stderr)) == 1
     model, provenance = load_from("judge", out)
     assert provenance["steps"] == 2 and provenance["config"]["batch_size"] == 8  # the global batch
