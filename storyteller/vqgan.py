@@ -74,11 +74,16 @@ D_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss}
 
 # %% ../nbs/03_vqgan.ipynb #2cfbcc77
 def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
-                    max_weight: float = 1e4) -> torch.Tensor:
-    "VQGAN's λ = ‖∇rec‖ / (‖∇g‖ + 1e-4) at `last_layer` (the decoder's last weight), clamped to [0, max_weight], detached."
-    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()
+                    max_weight: float = 1e4, loss_scale: float = 2.0**12) -> torch.Tensor:
+    """VQGAN's λ = ‖∇rec‖ / (‖∇g‖ + 1e-4) at `last_layer` (the decoder's last weight), clamped to [0, max_weight], detached.
+    Each loss is multiplied by `loss_scale` (a power of two, so exact) before differentiating and its gradient divided by
+    it in float32 after: under fp16 autocast the tiny per-pixel gradients of a large batch would otherwise flush to
+    zero. Should the scaled gradients overflow, they are taken again unscaled."""
+    grads = [torch.autograd.grad(loss.float() * loss_scale, last_layer, retain_graph=True)[0].float() / loss_scale
+             for loss in (rec_loss, g_loss)]
+    if loss_scale != 1 and not all(torch.isfinite(g).all() for g in grads):
+        return adaptive_weight(rec_loss, g_loss, last_layer, max_weight, loss_scale=1.0)
+    return (grads[0].norm() / (grads[1].norm() + 1e-4)).clamp(0.0, max_weight).detach()
 
 # %% ../nbs/03_vqgan.ipynb #2fdd7531
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -118,6 +123,7 @@ class PerceptualLoss(nn.Module):
             targets = self.feature_maps(images)
         total = 0.0
         for a, b in zip(self.feature_maps(reconstructions), targets):
+            a, b = a.float(), b.float()  # in half precision the eps is 0 and a dead feature vector gives 0/0
             total = total + (F.normalize(a, dim=1, eps=1e-10) - F.normalize(b, dim=1, eps=1e-10)).pow(2).sum(1).mean((1, 2))
         return total
 
@@ -171,7 +177,7 @@ def vqgan_generator_loss(model: VQGAN, images: torch.Tensor, perceptual: Percept
     logs = {"l1": l1.item(), "perceptual": perc.item(), "codebook": q.loss.item()}
     loss = rec_loss + codebook_weight * q.loss
     if gan_on:
-        g_loss = generator_loss(model.discriminator(recon), gan_loss)
+        g_loss = generator_loss(model.discriminator(recon).float(), gan_loss)  # losses in float32 under autocast
         d_weight = disc_weight * adaptive_weight(rec_loss, g_loss, model.decoder.conv_out.weight, max_d_weight)
         loss = loss + d_weight * g_loss
         logs.update(g_loss=g_loss.item(), d_weight=d_weight.item())
@@ -181,7 +187,7 @@ def vqgan_generator_loss(model: VQGAN, images: torch.Tensor, perceptual: Percept
 def vqgan_discriminator_loss(model: VQGAN, images: torch.Tensor, reconstructions: torch.Tensor,
                              gan_loss: str = "hinge") -> torch.Tensor:
     "The critic's loss on real images and (detached) reconstructions."
-    return D_LOSSES[gan_loss](model.discriminator(images), model.discriminator(reconstructions.detach()))
+    return D_LOSSES[gan_loss](model.discriminator(images).float(), model.discriminator(reconstructions.detach()).float())
 
 # %% ../nbs/03_vqgan.ipynb #00e98ef2
 def fit_vqgan(model: VQGAN, perceptual: PerceptualLoss, data, steps: int, *, lr: float = 1e-3, d_lr: float = 2e-4,
