@@ -9,7 +9,7 @@ import threading
 import zlib
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +21,14 @@ from .storyworld import (BACKGROUNDS, COLOURS, EN, NAMES, POSITIONS, SHAPES, SIZ
                                     actor_phrase, build_tokenizer, caption, to_tensor)
 
 # %% auto #0
-__all__ = ['CAPTION_STYLES', 'CAPTION_PROMPTS', 'DTYPES', 'QUANTIZATIONS', 'LLAVA_TEMPLATE', 'QWEN_TEMPLATE', 'QWEN_SPECIAL',
-           'PROMPT_WORDS', 'ImageInput', 'QUESTION_KINDS', 'STORY_OPENING', 'STORY_TEMPLATES', 'Capability',
-           'UnsupportedCapability', 'l2_normalize', 'MultimodalModel', 'from_pretrained_kwargs', 'load_hf', 'HFAdapter',
-           'CLIPAdapter', 'save_tiny_blip2_retrieval', 'trim_prompts', 'BLIP2Adapter', 'word_tokenizer',
-           'save_tiny_llava', 'save_tiny_qwen_vl', 'ChatVLMAdapter', 'LLaVAAdapter', 'QwenVLAdapter', 'is_chinese',
-           'MiniCLIPAdapter', 'IllustratorAdapter', 'question_kind', 'describe_scene', 'answer_about', 'read_scenes',
-           'DescriberAdapter', 'named_word', 'story_cast', 'plan_story', 'write_paragraph', 'StoryWriterAdapter']
+__all__ = ['CAPTION_STYLES', 'CAPTION_PROMPTS', 'DTYPES', 'QUANTIZATIONS', 'GENERATION_BATCH', 'LLAVA_TEMPLATE', 'QWEN_TEMPLATE',
+           'QWEN_SPECIAL', 'PROMPT_WORDS', 'ImageInput', 'QUESTION_KINDS', 'STORY_OPENING', 'STORY_TEMPLATES',
+           'Capability', 'UnsupportedCapability', 'l2_normalize', 'MultimodalModel', 'from_pretrained_kwargs',
+           'load_hf', 'HFAdapter', 'CLIPAdapter', 'save_tiny_blip2_retrieval', 'trim_prompts', 'BLIP2Adapter',
+           'word_tokenizer', 'save_tiny_llava', 'save_tiny_qwen_vl', 'ChatVLMAdapter', 'LLaVAAdapter', 'QwenVLAdapter',
+           'is_chinese', 'MiniCLIPAdapter', 'IllustratorAdapter', 'question_kind', 'describe_scene', 'answer_about',
+           'read_scenes', 'DescriberAdapter', 'named_word', 'story_cast', 'plan_story', 'write_paragraph',
+           'StoryWriterAdapter']
 
 # %% ../nbs/07_integration.ipynb #25bddaa1
 class Capability(str, Enum):
@@ -174,14 +175,20 @@ def load_hf(model_class: type, path: str | Path, device: str = "cpu", dtype: str
     return (model if "device_map" in kwargs else model.to(device)).eval()
 
 
+GENERATION_BATCH = 8  # prompts per `generate` call unless a model's entry says otherwise
+
+
 class HFAdapter(MultimodalModel):
     "The shared part of the Hugging Face adapters: a model of class `model_class` and the processor saved beside it."
     model_class: str = "AutoModel"
 
     def __init__(self, path: str | Path, name: str | None = None, device: str = "cpu", dtype: str | None = None,
-                 quantization: str | None = None):
+                 quantization: str | None = None, batch_size: int = GENERATION_BATCH):
         import transformers
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.name, self.path = name or Path(str(path)).name, str(path)
+        self.batch_size = batch_size  # prompts per `generate` call: bounds the key-value cache on a GPU
         self.model = load_hf(getattr(transformers, self.model_class), path, device, dtype, quantization)
         self.processor = transformers.AutoProcessor.from_pretrained(path)
         self.fingerprint = f"{type(self).__name__}:{Path(self.path).resolve() if Path(self.path).exists() else self.path}:" \
@@ -189,6 +196,12 @@ class HFAdapter(MultimodalModel):
 
     def _to_model(self, inputs) -> dict:
         return _on_model(inputs, self.model)
+
+    def _in_batches(self, generate: Callable[[list, list], list[str]], prompts: Sequence, images: Sequence) -> list[str]:
+        "`generate(prompts, images)` over consecutive groups of at most `batch_size`, the outputs in order."
+        prompts, images = list(prompts), list(images)
+        return [text for i in range(0, len(prompts), self.batch_size)
+                for text in generate(prompts[i:i + self.batch_size], images[i:i + self.batch_size])]
 
 
 def _on_model(inputs, model: nn.Module) -> dict:
@@ -260,9 +273,13 @@ class BLIP2Adapter(HFAdapter):
             capabilities |= {Capability.MATCHING, Capability.TEXT_EMBEDDING}
         self.capabilities = frozenset(capabilities)
 
-    @torch.no_grad()
     def _generate(self, images: Sequence[Image.Image], prompts: Sequence[str] | None, max_new_tokens: int) -> list[str]:
         _require_items(images, "images")
+        return self._in_batches(lambda p, im: self._generate_batch(im, p if prompts else None, max_new_tokens),
+                                prompts or [None] * len(images), images)
+
+    @torch.no_grad()
+    def _generate_batch(self, images: list[Image.Image], prompts: list[str] | None, max_new_tokens: int) -> list[str]:
         rgb = [im.convert("RGB") for im in images]
         inputs = self._to_model(self.processor(images=rgb, text=list(prompts) if prompts else None,
                                                return_tensors="pt", padding=True))
@@ -459,8 +476,13 @@ class ChatVLMAdapter(HFAdapter):
             processor_kwargs={"padding": True, **self.processor_kwargs})
         return self._to_model(inputs)
 
-    @torch.no_grad()
     def generate_text(self, prompts, images=None, max_new_tokens=60):
+        images = list(images) if images is not None else [None] * len(prompts)
+        _check_lengths(images, prompts, "prompts")
+        return self._in_batches(lambda p, im: self._generate_batch(p, im, max_new_tokens), prompts, images)
+
+    @torch.no_grad()
+    def _generate_batch(self, prompts: list[str], images: list, max_new_tokens: int) -> list[str]:
         inputs = self._inputs(prompts, images)
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         return [t.strip() for t in self.processor.batch_decode(trim_prompts(inputs["input_ids"], out),

@@ -430,9 +430,7 @@ def _with_illustrator(config: dict, illustrator: dict, drop: tuple[str, ...] = (
 
 
 APP_CONFIG = _with_illustrator(OFFLINE_CONFIG, {"name": "illustrator", "type": "character-illustrator"})
-# LLaVA-1.5 (7B, 14 GB in float16) does not fit a 16 GB T4 beside the others: Qwen2-VL writes, in both languages
-APP_GPU_CONFIG = _with_illustrator(GPU_CONFIG, {"name": "illustrator", "type": "character-illustrator", "device": "cuda"},
-                                   drop=("llava",))
+APP_GPU_CONFIG = _with_illustrator(GPU_CONFIG, {"name": "illustrator", "type": "character-illustrator", "device": "cuda"})
 
 # %% ../nbs/08_storyteller.ipynb #d554bd5c
 import random

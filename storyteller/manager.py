@@ -20,15 +20,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .adapters import (DTYPES, QUANTIZATIONS, BLIP2Adapter, Capability, CLIPAdapter, DescriberAdapter,
+from .adapters import (DTYPES, GENERATION_BATCH, QUANTIZATIONS, BLIP2Adapter, Capability, CLIPAdapter, DescriberAdapter,
                                   IllustratorAdapter, LLaVAAdapter, MiniCLIPAdapter, MultimodalModel, QwenVLAdapter,
                                   StoryWriterAdapter, is_chinese)
 from .core import SHIPPED_DIR, _atomic_write, get_recipe, read_provenance
 
 # %% auto #0
-__all__ = ['MODEL_TYPES', 'SPEC_FIELDS', 'QUANTIZED_BYTES', 'HF_CAPTIONER', 'OFFLINE_CONFIG', 'GPU_CONFIG', 'STORY_TOKENS',
-           'EVENT_STYLE', 'ConfigError', 'ModelSpec', 'ModelType', 'register_model_type', 'parse_spec', 'parse_config',
-           'read_config', 'parameter_bytes', 'estimate_hf_bytes', 'estimate_own_bytes', 'ModelLoadError',
+__all__ = ['MODEL_TYPES', 'SPEC_FIELDS', 'QUANTIZED_BYTES', 'STORY_TOKENS', 'CAPTION_TOKENS', 'PROMPT_TOKENS', 'QWEN_MAX_PIXELS',
+           'HF_CAPTIONER', 'OFFLINE_CONFIG', 'GPU_CONFIG', 'EVENT_STYLE', 'ConfigError', 'ModelSpec', 'ModelType',
+           'register_model_type', 'parse_spec', 'parse_config', 'read_config', 'parameter_bytes', 'kv_cache_bytes',
+           'generation_bytes', 'estimate_hf_bytes', 'hf_generation_bytes', 'estimate_own_bytes', 'ModelLoadError',
            'BudgetExceeded', 'Event', 'ModelManager', 'NoCapableModel', 'model_key', 'content_key', 'EmbeddingCache',
            'ImageIndex', 'Request', 'TaskCoordinator', 'tiny_hf_config', 'per_image_search', 'retrieval_speedup',
            'plot_timeline']
@@ -60,6 +61,7 @@ class ModelType:
     languages: frozenset[str] = frozenset({"en"})
     needs_path: bool = True
     options: frozenset[str] = frozenset()
+    working_bytes: Callable[[ModelSpec], int] = lambda spec: 0  # memory its work takes on top (a generation's cache)
 
 
 MODEL_TYPES: dict[str, ModelType] = {}
@@ -134,7 +136,11 @@ def read_config(path: str | Path) -> list[ModelSpec]:
     return parse_config(data, str(path))
 
 # %% ../nbs/07b_manager.ipynb #e8fd838c
-QUANTIZED_BYTES = {"8bit": 1.0, "4bit": 0.5}
+QUANTIZED_BYTES = {"8bit": 1.0, "4bit": 0.5 + 4 / 64}  # nf4: half a byte, plus a float32 scale per block of 64
+STORY_TOKENS = 400  # room for a story of four or five paragraphs; a caption's 60 tokens would cut it off
+CAPTION_TOKENS = 60  # the adapters' default caption length
+PROMPT_TOKENS = 64  # room for an instruction or a question beside the image tokens
+QWEN_MAX_PIXELS = 16384 * 28 * 28  # Qwen2-VL's image processor's default bound: up to 16,384 image tokens
 
 
 def _within(name: str, modules: Sequence[str]) -> bool:
@@ -167,6 +173,31 @@ def parameter_bytes(model: nn.Module, dtype: torch.dtype | None = None, quantiza
     return int(total)
 
 
+def kv_cache_bytes(text_config, dtype: torch.dtype, sequences: int, tokens: int) -> int:
+    "Bytes of the key-value cache a decoder keeps for `sequences` rows of `tokens` positions: a key and a value per layer."
+    heads = text_config.num_attention_heads
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    return 2 * text_config.num_hidden_layers * kv_heads * head_dim * tokens * sequences * dtype.itemsize
+
+
+def generation_bytes(text_config, dtype: torch.dtype, sequences: int, prompt_tokens: int, new_tokens: int) -> int:
+    """Working memory of `generate` on `sequences` prompts of `prompt_tokens` continued by `new_tokens`: the whole
+    key-value cache, the prefill's widest activations (the MLP's hidden layer, twice for a gated one) and the float32
+    logits of the last position."""
+    hidden, ffn = text_config.hidden_size, getattr(text_config, "intermediate_size", None) or text_config.ffn_dim
+    prefill = sequences * prompt_tokens * (2 * ffn + 4 * hidden) * dtype.itemsize
+    logits = 2 * sequences * text_config.vocab_size * 4
+    return kv_cache_bytes(text_config, dtype, sequences, prompt_tokens + new_tokens) + prefill + logits
+
+
+def _loaded_dtype(spec: ModelSpec, config) -> torch.dtype:
+    "The dtype `from_pretrained_kwargs` loads `spec` in: the entry's, float16 under quantization, else the checkpoint's own."
+    dtype = DTYPES.get(spec.dtype) or (torch.float16 if spec.quantization else None)
+    dtype = dtype or getattr(config, "dtype", None) or torch.float32
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
 def estimate_hf_bytes(spec: ModelSpec, model_class: str) -> int:
     "Memory the model of `spec` will take once loaded, from chapter 6's meta-device build of its config (no weights read)."
     import transformers
@@ -174,10 +205,18 @@ def estimate_hf_bytes(spec: ModelSpec, model_class: str) -> int:
 
     config = transformers.AutoConfig.from_pretrained(spec.path)
     model = meta_model(getattr(transformers, model_class), config)
-    dtype = DTYPES.get(spec.dtype) or (torch.float16 if spec.quantization else None)  # as `from_pretrained_kwargs`
-    dtype = dtype or getattr(config, "dtype", None) or torch.float32  # from_pretrained's default: the checkpoint's own
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    return parameter_bytes(model, dtype, spec.quantization)
+    return parameter_bytes(model, _loaded_dtype(spec, config), spec.quantization)
+
+
+def hf_generation_bytes(spec: ModelSpec, new_tokens: int, image_tokens: Callable[[Any], int]) -> int:
+    """`generation_bytes` of the model of `spec` (its config read, nothing loaded) for a batch of `batch_size` prompts
+    (the entry's option, else the adapter's default), each of one image (`image_tokens(config)` tokens) and
+    `PROMPT_TOKENS`, continued by `new_tokens`."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(spec.path)
+    batch, prompt = spec.options.get("batch_size", GENERATION_BATCH), image_tokens(config) + PROMPT_TOKENS
+    return generation_bytes(config.get_text_config(), _loaded_dtype(spec, config), batch, prompt, new_tokens)
 
 
 def estimate_own_bytes(spec: ModelSpec, recipe: str) -> int:
@@ -191,7 +230,8 @@ def estimate_own_bytes(spec: ModelSpec, recipe: str) -> int:
 
 
 def _hf_kwargs(spec: ModelSpec) -> dict:
-    return {"name": spec.name, "device": spec.device, "dtype": spec.dtype, "quantization": spec.quantization}
+    return {"name": spec.name, "device": spec.device, "dtype": spec.dtype, "quantization": spec.quantization,
+            "batch_size": spec.options.get("batch_size", GENERATION_BATCH)}
 
 
 def _own_kwargs(spec: ModelSpec) -> dict:
@@ -208,12 +248,18 @@ for model_type in (
                   if s.options.get("retrieval_path") else 0),
               lambda s: frozenset({Capability.CAPTIONING, Capability.VQA}) | (
                   {Capability.MATCHING, Capability.TEXT_EMBEDDING} if s.options.get("retrieval_path") else set()),
-              options=frozenset({"retrieval_path"})),
+              options=frozenset({"retrieval_path", "batch_size"}),
+              working_bytes=lambda s: hf_generation_bytes(s, CAPTION_TOKENS, lambda c: c.num_query_tokens)),  # no stories
     ModelType("llava", lambda s: LLaVAAdapter(s.path, **_hf_kwargs(s)),
-              lambda s: estimate_hf_bytes(s, "LlavaForConditionalGeneration"), lambda s: HF_CAPTIONER),
-    ModelType("qwen-vl", lambda s: QwenVLAdapter(s.path, **s.options, **_hf_kwargs(s)),
+              lambda s: estimate_hf_bytes(s, "LlavaForConditionalGeneration"), lambda s: HF_CAPTIONER,
+              options=frozenset({"batch_size"}), working_bytes=lambda s: hf_generation_bytes(
+                  s, STORY_TOKENS, lambda c: (c.vision_config.image_size // c.vision_config.patch_size) ** 2)),
+    ModelType("qwen-vl", lambda s: QwenVLAdapter(s.path, s.options.get("min_pixels"), s.options.get("max_pixels"),
+                                                 **_hf_kwargs(s)),
               lambda s: estimate_hf_bytes(s, "AutoModelForImageTextToText"), lambda s: HF_CAPTIONER,
-              languages=QwenVLAdapter.languages, options=frozenset({"min_pixels", "max_pixels"})),
+              languages=QwenVLAdapter.languages, options=frozenset({"min_pixels", "max_pixels", "batch_size"}),
+              working_bytes=lambda s: hf_generation_bytes(s, STORY_TOKENS, lambda c: s.options.get(
+                  "max_pixels", QWEN_MAX_PIXELS) // (c.vision_config.patch_size * c.vision_config.spatial_merge_size) ** 2)),
     ModelType("miniclip", lambda s: MiniCLIPAdapter(**_own_kwargs(s)),
               lambda s: estimate_own_bytes(s, "miniclip"), lambda s: MiniCLIPAdapter.capabilities,
               languages=MiniCLIPAdapter.languages, needs_path=False),
@@ -241,8 +287,9 @@ OFFLINE_CONFIG = {"models": [
 GPU_CONFIG = {"models": [
     {"name": "clip", "type": "clip", "path": "openai/clip-vit-base-patch32", "device": "cuda", "dtype": "float16"},
     {"name": "blip2", "type": "blip2", "path": "Salesforce/blip2-opt-2.7b", "device": "cuda", "dtype": "float16",
-     "options": {"retrieval_path": "Salesforce/blip2-itm-vit-g"}},
-    {"name": "llava", "type": "llava", "path": "llava-hf/llava-1.5-7b-hf", "device": "cuda", "dtype": "float16"},
+     "quantization": "8bit", "options": {"retrieval_path": "Salesforce/blip2-itm-vit-g"}},
+    {"name": "llava", "type": "llava", "path": "llava-hf/llava-1.5-7b-hf", "device": "cuda", "dtype": "float16",
+     "quantization": "4bit", "options": {"batch_size": 2}},
     {"name": "qwen2-vl", "type": "qwen-vl", "path": "Qwen/Qwen2-VL-2B-Instruct", "device": "cuda", "dtype": "bfloat16",
      "options": {"min_pixels": 256 * 28 * 28, "max_pixels": 512 * 28 * 28}},
     {"name": "illustrator", "type": "illustrator", "device": "cuda"},
@@ -308,10 +355,12 @@ class ModelManager:
         return MODEL_TYPES[self.spec(name).type].languages
 
     def estimate(self, name: str) -> int:
-        "Bytes model `name` will take once loaded, estimated without loading it (and remembered)."
+        """Bytes model `name` will take once loaded and at work (a generation's cache), estimated without loading it
+        (and remembered)."""
         if name not in self._sizes:
             spec = self.spec(name)
-            self._sizes[name] = MODEL_TYPES[spec.type].estimate_bytes(spec)
+            kind = MODEL_TYPES[spec.type]
+            self._sizes[name] = kind.estimate_bytes(spec) + kind.working_bytes(spec)
         return self._sizes[name]
 
     @property
@@ -527,8 +576,6 @@ def _language(texts: Sequence[str], language: str | None) -> str:
     "The language asked for, else Chinese if the texts are, else English."
     return language or ("zh" if any(is_chinese(t) for t in texts) else "en")
 
-
-STORY_TOKENS = 400  # room for a story of four or five paragraphs; a caption's 60 tokens would cut it off
 
 
 class TaskCoordinator:
