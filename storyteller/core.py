@@ -25,11 +25,11 @@ PACKAGE_DIR = Path(importlib.util.find_spec("storyteller").origin).parent  # als
 
 # %% auto #0
 __all__ = ['PACKAGE_DIR', 'PROFILES', 'RECIPES', 'RECIPE_MODULES', 'SHIPPED_DIR', 'get_device', 'Profile', 'get_profile',
-           'seed_everything', 'History', 'cycle', 'warmup_cosine', 'default_mixed_precision', 'fit', 'to_pil',
-           'image_grid', 'show_images', 'image_gallery', 'CheckpointError', 'save_checkpoint', 'read_provenance',
-           'load_checkpoint', 'Recipe', 'register_recipe', 'get_recipe', 'hardware', 'git_commit', 'versions',
-           'resolve_config', 'train_model', 'storyteller_home', 'load_from', 'load_shipped', 'load_or_train',
-           'results_model', 'lineage', 'total_steps', 'describe_provenance']
+           'step_cap', 'capped', 'seed_everything', 'History', 'cycle', 'warmup_cosine', 'default_mixed_precision',
+           'fit', 'to_pil', 'image_grid', 'show_images', 'image_gallery', 'CheckpointError', 'save_checkpoint',
+           'read_provenance', 'load_checkpoint', 'Recipe', 'register_recipe', 'get_recipe', 'hardware', 'git_commit',
+           'versions', 'resolve_config', 'train_model', 'storyteller_home', 'load_from', 'load_shipped',
+           'load_or_train', 'results_model', 'lineage', 'total_steps', 'describe_provenance']
 
 # %% ../nbs/A1_core.ipynb #5a85a287
 def get_device(prefer: str | None = None) -> torch.device:
@@ -73,6 +73,23 @@ def get_profile(name: str | None = None) -> Profile:
                       "which takes hours; unset STORYTELLER_PROFILE (or set it to cpu) unless that is what you want",
                       stacklevel=2)
     return PROFILES[name]
+
+
+def step_cap() -> int | None:
+    """`STORYTELLER_STEP_CAP`, for a smoke run: every training and sampling loop stops after at most this many steps, so
+    a whole chapter runs in minutes at any profile's sizes (its numbers then mean nothing). None when unset."""
+    text = os.environ.get("STORYTELLER_STEP_CAP", "")
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"STORYTELLER_STEP_CAP must be a whole number of steps, at least 1; got {text!r}")
+    return int(text)
+
+
+def capped(steps: int) -> int:
+    "`steps`, shortened to `step_cap()` when one is set."
+    cap = step_cap()
+    return steps if cap is None else min(steps, cap)
 
 # %% ../nbs/A1_core.ipynb #c85ee359
 def seed_everything(seed: int = 0) -> torch.Generator:
@@ -136,7 +153,8 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterab
         desc: str = "train", callback: Callable[[int], None] | None = None) -> History:
     """Train `model` for `steps` optimiser steps of `loss_fn(model, batch)` over `data`; return the `History`.
 
-    `callback(step)` runs after every optimiser step (an EMA of the weights, say). The model ends on the training
+    `callback(step)` runs after every optimiser step (an EMA of the weights, say). A smoke run's `step_cap` shortens
+    `steps`. The model ends on the training
     device, in eval mode. Mixed precision is fixed once per process (accelerate's rule). Launched on several processes
     (`accelerate launch`, `torchrun`), each takes its share of every batch, so the global batch is the loader's, and
     the logged loss is the global batch's; data parallelism needs a `loss_fn` that calls `model(...)` rather than its
@@ -147,6 +165,7 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterab
 
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    steps = capped(steps)
     accelerator = Accelerator(mixed_precision=mixed_precision or default_mixed_precision(),
                               gradient_accumulation_steps=grad_accum,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
@@ -362,12 +381,13 @@ def versions() -> dict[str, str]:
 
 
 def resolve_config(recipe: Recipe, profile: Profile | None = None, **overrides) -> dict:
-    "The recipe's config for `profile`, with `overrides` applied; an unknown key raises `ValueError`."
+    "The recipe's config for `profile`, with `overrides` applied and `steps` capped in a smoke run; an unknown key raises `ValueError`."
     config = recipe.config(profile or get_profile())
     unknown = sorted(set(overrides) - set(config))
     if unknown:
         raise ValueError(f"recipe {recipe.name!r} has no config field(s) {unknown}; fields: {sorted(config)}")
-    return {**config, **overrides}
+    config = {**config, **overrides}
+    return {**config, "steps": capped(config["steps"])} if "steps" in config else config
 
 
 def train_model(name: str, out: str | Path | None = None, profile: Profile | None = None,

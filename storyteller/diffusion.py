@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import (
-    PROFILES, History, Profile, Recipe, fit, get_device, load_shipped, register_recipe, results_model)
+    PROFILES, History, Profile, Recipe, capped, fit, get_device, load_shipped, register_recipe, results_model)
 from .foundations import CrossModalAttention, build_miniclip, miniclip_config
 from .storyworld import (StoryWorldDataset, attributes_found, build_tokenizer, fact_scores, judge_predictions,
                                     storyworld_fid, storyworld_loader)
@@ -185,7 +185,7 @@ def sample(denoiser: Denoiser, shape: Sequence[int], schedule: NoiseSchedule, *,
     _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
     if eta < 0:
         raise ValueError(f"eta must be non-negative, got {eta}")
-    timesteps = sampling_timesteps(schedule.num_steps, steps, spacing).tolist()
+    timesteps = sampling_timesteps(schedule.num_steps, capped(steps), spacing).tolist()  # a smoke run samples in few
     draw = lambda: torch.randn(tuple(shape), generator=generator).to(device)
     x = draw()
     for t, t_prev in tqdm(list(zip(timesteps, timesteps[1:] + [-1])), desc=sampler, disable=not progress):

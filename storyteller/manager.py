@@ -10,6 +10,7 @@ import inspect
 import json
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,10 +30,10 @@ from .core import SHIPPED_DIR, _atomic_write, get_recipe, read_provenance
 __all__ = ['MODEL_TYPES', 'SPEC_FIELDS', 'QUANTIZED_BYTES', 'STORY_TOKENS', 'CAPTION_TOKENS', 'PROMPT_TOKENS', 'QWEN_MAX_PIXELS',
            'HF_CAPTIONER', 'OFFLINE_CONFIG', 'GPU_CONFIG', 'EVENT_STYLE', 'ConfigError', 'ModelSpec', 'ModelType',
            'register_model_type', 'parse_spec', 'parse_config', 'read_config', 'parameter_bytes', 'kv_cache_bytes',
-           'generation_bytes', 'estimate_hf_bytes', 'hf_generation_bytes', 'estimate_own_bytes', 'ModelLoadError',
-           'BudgetExceeded', 'Event', 'ModelManager', 'NoCapableModel', 'model_key', 'content_key', 'EmbeddingCache',
-           'ImageIndex', 'Request', 'TaskCoordinator', 'tiny_hf_config', 'per_image_search', 'retrieval_speedup',
-           'plot_timeline']
+           'generation_bytes', 'estimate_hf_bytes', 'hf_generation_bytes', 'estimate_own_bytes', 'on_device',
+           'gpu_budget', 'ModelLoadError', 'BudgetExceeded', 'Event', 'ModelManager', 'NoCapableModel', 'model_key',
+           'content_key', 'EmbeddingCache', 'ImageIndex', 'Request', 'TaskCoordinator', 'tiny_hf_config',
+           'per_image_search', 'retrieval_speedup', 'plot_timeline']
 
 # %% ../nbs/07b_manager.ipynb #1daa3a2b
 class ConfigError(ValueError):
@@ -295,6 +296,30 @@ GPU_CONFIG = {"models": [
     {"name": "illustrator", "type": "illustrator", "device": "cuda"},
     {"name": "writer", "type": "writer"},
 ]}
+
+
+def on_device(config: dict, device: str | torch.device) -> dict:
+    """`config` with every CUDA entry moved to `device`: a GPU config on a machine without CUDA (a smoke run, an Apple
+    GPU). bitsandbytes quantization needs CUDA, so those entries then load unquantized, with a warning."""
+    device = str(device)
+    if device.startswith("cuda"):
+        return config
+    models = []
+    for entry in config["models"]:
+        entry = dict(entry)
+        if str(entry.get("device", "cpu")).startswith("cuda"):
+            entry["device"] = device
+            if entry.pop("quantization", None):
+                warnings.warn(f"model {entry['name']!r}: loaded on {device} unquantized (bitsandbytes needs CUDA)",
+                              stacklevel=2)
+        models.append(entry)
+    return {**config, "models": models}
+
+
+def gpu_budget(share: float = 0.85) -> int | None:
+    """A memory budget for the manager: `share` of the CUDA GPU's memory (the rest is CUDA's own context and the
+    allocator's slack), or None (no budget) without CUDA."""
+    return int(share * torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
 
 # %% ../nbs/07b_manager.ipynb #736b0260
 class ModelLoadError(RuntimeError):

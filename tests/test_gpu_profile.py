@@ -1,0 +1,73 @@
+"""Every chapter executes in the `gpu` profile on this machine, as on a Colab GPU but with STORYTELLER_STEP_CAP=2:
+64-px shapes, gpu configs and the gpu-only cells (those the book build skips with `#| eval: false`) all run, with
+tiny random-weight stand-ins for the hub checkpoints in an offline Hugging Face cache and random VGG16 weights where
+torchvision would download them. The cells that check the book's measured numbers are skipped (two steps measure
+nothing). Models trained by one chapter are found by the next, as in a reader's session.
+
+Opt in: `python -m pytest -m gpu_smoke tests/test_gpu_profile.py -s` (each chapter's wall time is printed)."""
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = ["index", "00_storyworld", "01_foundations", "02_vqvae", "03_vqgan", "04_diffusion", "05_dit", "06_lora",
+            "07_integration", "07b_manager", "08_storyteller", "A1_core", "A2_cli"]
+SNAPSHOT = "0" * 40  # the commit the fake cache says each stand-in was downloaded at
+TIMES: dict[str, float] = {}
+
+
+def hub_standins(cache: Path) -> None:
+    "Tiny models of the real classes under the hub ids the gpu cells name, laid out as the Hugging Face cache does."
+    from storyteller.adapters import save_tiny_blip2_retrieval, save_tiny_llava, save_tiny_qwen_vl
+    from storyteller.lora import BLIP2_OPT, CLIP_BASE, save_tiny_blip2, save_tiny_clip
+    from storyteller.manager import GPU_CONFIG
+
+    savers = {CLIP_BASE: save_tiny_clip, BLIP2_OPT: save_tiny_blip2, "Salesforce/blip2-itm-vit-g": save_tiny_blip2_retrieval,
+              "llava-hf/llava-1.5-7b-hf": save_tiny_llava, "Qwen/Qwen2-VL-2B-Instruct": lambda d: save_tiny_qwen_vl(d, "2")}
+    named = {m["path"] for m in GPU_CONFIG["models"] if m.get("path")}
+    named |= {m["options"]["retrieval_path"] for m in GPU_CONFIG["models"] if "retrieval_path" in m.get("options", {})}
+    assert named <= set(savers), f"no stand-in for {named - set(savers)}"
+    for hub_id, save in savers.items():
+        repo = cache / f"models--{hub_id.replace('/', '--')}"
+        save(repo / "snapshots" / SNAPSHOT)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(SNAPSHOT)
+
+
+@pytest.fixture(scope="module")
+def gpu_smoke_env(tmp_path_factory):
+    "The environment every chapter's kernel inherits: gpu profile, step cap 2, scratch home, offline stand-ins."
+    from torchvision.models import vgg16
+
+    root = tmp_path_factory.mktemp("gpu-smoke")
+    hub_standins(root / "hf-hub")
+    weights = root / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth"  # torchvision's file name for VGG16
+    weights.parent.mkdir(parents=True)
+    torch.save(vgg16().state_dict(), weights)
+    env = {"STORYTELLER_PROFILE": "gpu", "STORYTELLER_STEP_CAP": "2", "STORYTELLER_HOME": str(root / "home"),
+           "HF_HUB_CACHE": str(root / "hf-hub"), "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(root / "torch")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for key, value in saved.items():
+        os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    print("\n".join(f"{name}: {seconds / 60:.1f} min" for name, seconds in TIMES.items()))
+
+
+@pytest.mark.gpu_smoke
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_runs_in_the_gpu_profile(gpu_smoke_env, chapter):
+    nb = nbformat.read(ROOT / "nbs" / f"{chapter}.ipynb", as_version=4)
+    nb.cells = [c for c in nb.cells if "# results check" not in c.source]  # what two steps cannot measure
+    client = NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "nbs")}})
+    start = time.perf_counter()
+    try:
+        client.execute()
+    finally:
+        TIMES[chapter] = time.perf_counter() - start
+    print(f"{chapter}: {TIMES[chapter] / 60:.1f} min in the gpu profile, step cap 2")
