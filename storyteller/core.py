@@ -12,7 +12,7 @@ import random
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -68,16 +68,18 @@ def get_profile(name: str | None = None) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r} (from STORYTELLER_PROFILE or the argument); "
                          f"valid profiles: {', '.join(sorted(PROFILES))}")
-    if name == "gpu" and not torch.cuda.is_available():
+    if name == "gpu" and not torch.cuda.is_available() and step_cap() is None:
         warnings.warn("the gpu profile without CUDA: chapters will train and evaluate at GPU sizes on this machine, "
                       "which takes hours; unset STORYTELLER_PROFILE (or set it to cpu) unless that is what you want",
                       stacklevel=2)
-    return PROFILES[name]
+    profile = PROFILES[name]
+    return profile if step_cap() is None else replace(profile, live_steps=capped(profile.live_steps))
 
 
 def step_cap() -> int | None:
-    """`STORYTELLER_STEP_CAP`, for a smoke run: every training and sampling loop stops after at most this many steps, so
-    a whole chapter runs in minutes at any profile's sizes (its numbers then mean nothing). None when unset."""
+    """`STORYTELLER_STEP_CAP`, for a smoke run: the loops a profile sizes (training steps of recipes and live runs,
+    sampling steps of evaluations) stop after at most this many steps, so a whole chapter runs in minutes at any
+    profile's sizes (its numbers then mean nothing). None when unset."""
     text = os.environ.get("STORYTELLER_STEP_CAP", "")
     if not text:
         return None
@@ -153,8 +155,7 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterab
         desc: str = "train", callback: Callable[[int], None] | None = None) -> History:
     """Train `model` for `steps` optimiser steps of `loss_fn(model, batch)` over `data`; return the `History`.
 
-    `callback(step)` runs after every optimiser step (an EMA of the weights, say). A smoke run's `step_cap` shortens
-    `steps`. The model ends on the training
+    `callback(step)` runs after every optimiser step (an EMA of the weights, say). The model ends on the training
     device, in eval mode. Mixed precision is fixed once per process (accelerate's rule). Launched on several processes
     (`accelerate launch`, `torchrun`), each takes its share of every batch, so the global batch is the loader's, and
     the logged loss is the global batch's; data parallelism needs a `loss_fn` that calls `model(...)` rather than its
@@ -165,7 +166,6 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterab
 
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    steps = capped(steps)
     accelerator = Accelerator(mixed_precision=mixed_precision or default_mixed_precision(),
                               gradient_accumulation_steps=grad_accum,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
@@ -381,13 +381,14 @@ def versions() -> dict[str, str]:
 
 
 def resolve_config(recipe: Recipe, profile: Profile | None = None, **overrides) -> dict:
-    "The recipe's config for `profile`, with `overrides` applied and `steps` capped in a smoke run; an unknown key raises `ValueError`."
+    """The recipe's config for `profile`, with `overrides` applied (and its training and evaluation-sampling steps
+    capped in a smoke run); an unknown key raises `ValueError`."""
     config = recipe.config(profile or get_profile())
     unknown = sorted(set(overrides) - set(config))
     if unknown:
         raise ValueError(f"recipe {recipe.name!r} has no config field(s) {unknown}; fields: {sorted(config)}")
     config = {**config, **overrides}
-    return {**config, "steps": capped(config["steps"])} if "steps" in config else config
+    return {**config, **{k: capped(config[k]) for k in ("steps", "eval_steps") if k in config}}
 
 
 def train_model(name: str, out: str | Path | None = None, profile: Profile | None = None,

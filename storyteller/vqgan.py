@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (History, Profile, Recipe, capped, cycle, default_mixed_precision, load_shipped,
-                              register_recipe, warmup_cosine)
+from .core import (History, Profile, Recipe, cycle, default_mixed_precision, load_shipped, register_recipe,
+                              warmup_cosine)
 from .storyworld import storyworld_loader
 from .vqvae import VQVAE, evaluate_vqvae, vqvae_config
 
@@ -199,7 +199,6 @@ def fit_vqgan(model: VQGAN, perceptual: PerceptualLoss, data, steps: int, *, lr:
 
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    steps = capped(steps)  # a smoke run's step cap, as in `fit`
     accelerator = Accelerator(mixed_precision=default_mixed_precision())
     if accelerator.num_processes > 1:
         raise ValueError("VQGAN training runs in one process: its two optimisers, the adaptive weight's autograd.grad "
