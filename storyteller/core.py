@@ -387,8 +387,13 @@ def resolve_config(recipe: Recipe, profile: Profile | None = None, **overrides) 
     unknown = sorted(set(overrides) - set(config))
     if unknown:
         raise ValueError(f"recipe {recipe.name!r} has no config field(s) {unknown}; fields: {sorted(config)}")
-    config = {**config, **overrides}
-    return {**config, **{k: capped(config[k]) for k in ("steps", "eval_steps") if k in config}}
+    return _capped_steps({**config, **overrides})
+
+
+def _capped_steps(config: dict) -> dict:
+    "`config` with its training and evaluation-sampling steps capped, in nested configs too (a text encoder's, say)."
+    return {k: _capped_steps(v) if isinstance(v, dict) else capped(v) if k in ("steps", "eval_steps") else v
+            for k, v in config.items()}
 
 
 def train_model(name: str, out: str | Path | None = None, profile: Profile | None = None,
