@@ -602,7 +602,6 @@ def _language(texts: Sequence[str], language: str | None) -> str:
     return language or ("zh" if any(is_chinese(t) for t in texts) else "en")
 
 
-
 class TaskCoordinator:
     """Routes tasks to a model that has the capability and the language: first by feedback weight, then by the fallback
     order (the config's order unless given). Caches embeddings by content, batches requests per model, streams, runs
