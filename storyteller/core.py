@@ -46,7 +46,8 @@ def get_device(prefer: str | None = None) -> torch.device:
 
 @dataclass(frozen=True)
 class Profile:
-    "The sizes a chapter runs at; `cpu` fits 4 minutes on 2 cores, `gpu` 20 minutes on a Colab T4."
+    """The sizes a chapter runs at: `cpu` fits 4 minutes on 2 cores; `gpu` fits a chapter's own training in 20 minutes
+    of a Colab T4, as `benchmarks/t4_budget.py` estimates it."""
     name: str
     image_size: int  # side of the rendered StoryWorld images
     batch_size: int
@@ -471,9 +472,11 @@ def load_or_train(name: str, retrain: bool = False, profile: Profile | None = No
 
 
 def results_model(name: str, profile: Profile | None = None) -> tuple[nn.Module, dict]:
-    "The model a results table evaluates: shipped in the `cpu` profile, the reader's own in `gpu`."
+    """The model a results table evaluates, on this machine's device whether just trained or loaded: shipped in the
+    `cpu` profile, the reader's own in `gpu`."""
     profile = profile or get_profile()
-    return load_or_train(name, profile=profile) if profile.own_results else load_shipped(name)
+    model, provenance = load_or_train(name, profile=profile) if profile.own_results else load_shipped(name)
+    return model.to(get_device()), provenance
 
 
 def lineage(provenance: dict) -> list[dict]:

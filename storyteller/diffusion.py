@@ -15,8 +15,8 @@ from torch import nn
 from .core import (
     PROFILES, History, Profile, Recipe, capped, fit, get_device, load_shipped, register_recipe, results_model)
 from .foundations import CrossModalAttention, build_miniclip, miniclip_config
-from .storyworld import (StoryWorldDataset, attributes_found, build_tokenizer, fact_scores, judge_predictions,
-                                    storyworld_fid, storyworld_loader)
+from .storyworld import (StoryWorldDataset, attributes_found, build_tokenizer, draws_up_front, fact_scores,
+                                    judge_predictions, storyworld_fid, storyworld_loader)
 from .vqvae import Downsample, Upsample, group_norm
 
 # %% auto #0
@@ -512,7 +512,7 @@ def sampler_sweep(model: TextToImage, n: int = 64, guidance_scale: float = 3.0,
 def diffusion_config(profile: Profile) -> dict:
     "What every text-to-image recipe shares: schedule, prediction, guidance, data, evaluation, and the text encoder's config."
     gpu = profile.name == "gpu"
-    return {"steps": 8000 if gpu else 3000, "batch_size": 128 if gpu else 64, "lr": 1e-3, "warmup": 200,
+    return {"steps": 6000 if gpu else 3000, "batch_size": 64, "lr": 1e-3, "warmup": 200,
             "schedule": "cosine", "prediction_type": "v_prediction", "cond_drop": 0.1, "ema_decay": 0.999, "train_text": False, "snr_gamma": 5.0,
             "image_size": profile.image_size, "lang": "both", "eval_prompts": 256, "eval_steps": 50,
             "guidance_scale": 3.0, "sweep_prompts": 0, "num_workers": min(4, os.cpu_count() or 1) if gpu else 1, "seed": 0,
@@ -520,10 +520,10 @@ def diffusion_config(profile: Profile) -> dict:
 
 
 def unet_config(profile: Profile) -> dict:
-    "The pixel-space U-Net's config: width 32 on 32×32 images (cpu), width 64 with one more level on 64×64 (gpu)."
+    "The pixel-space U-Net's config: width 32 on 32×32 images (cpu), with one more level on 64×64 (gpu)."
     gpu = profile.name == "gpu"
-    return {**diffusion_config(profile), "sweep_prompts": 256 if gpu else 64,
-            "ch": 64 if gpu else 32, "ch_mult": [1, 2, 2, 2] if gpu else [1, 2, 2],
+    return {**diffusion_config(profile), "sweep_prompts": 64,
+            "ch": 32, "ch_mult": [1, 2, 2, 2] if gpu else [1, 2, 2],
             "num_res_blocks": 1, "attention_levels": [2, 3] if gpu else [2], "heads": 4}
 
 
@@ -558,7 +558,8 @@ def fit_text_to_image(model: TextToImage, config: dict, progress: bool = True) -
     "Train `model`'s denoiser as `config` says, with an EMA of its weights that becomes the model's weights at the end."
     load_text_encoder(model, config)
     loader = storyworld_loader("train", batch_size=config["batch_size"], seed=config["seed"],
-                               image_size=config["image_size"], lang=config["lang"], num_workers=config["num_workers"])
+                               image_size=config["image_size"], lang=config["lang"], num_workers=config["num_workers"],
+                               drawn=draws_up_front(config["steps"], config["batch_size"]))
     model.to(get_device())
     trainable = model.trainable()
     averaged = ema_model(trainable, config["ema_decay"])

@@ -16,8 +16,8 @@ from torch import nn
 
 from .core import Profile, Recipe, fit, get_device, register_recipe
 from .storyworld import (BACKGROUNDS, COLOURS, LANGUAGES, N_TEMPLATES, POSITIONS, SHAPES, SIZES, Actor,
-                                    Scene, StoryWorldDataset, build_tokenizer, caption, scene_from_labels,
-                                    storyworld_loader)
+                                    Scene, StoryWorldDataset, build_tokenizer, caption, draws_up_front,
+                                    scene_from_labels, storyworld_loader)
 
 # %% auto #0
 __all__ = ['MAX_LOGIT_SCALE', 'IGNORE_INDEX', 'ATTRIBUTE_VALUES', 'miniclip_recipe', 'l2_normalize', 'JointEmbeddingModel',
@@ -494,7 +494,8 @@ def train_miniclip(model: MiniCLIP, config: dict, progress: bool = True) -> dict
         raise ValueError("mini-CLIP training runs in one process: the contrastive loss would see only each process's "
                          "share of the batch as negatives; launch it without torchrun or accelerate launch")
     loader = storyworld_loader("train", batch_size=config["batch_size"], seed=config["seed"], lang=config["lang"],
-                               image_size=config["image_size"], num_workers=config["num_workers"])
+                               image_size=config["image_size"], num_workers=config["num_workers"],
+                               drawn=draws_up_front(config["steps"], config["batch_size"]))
     loss_fn = clip_step_loss(build_tokenizer(), config.get("hard_negatives", False), config["seed"])
     fit(model.to(get_device()), loss_fn, loader, config["steps"], lr=config["lr"],
         weight_decay=config["weight_decay"], warmup=config["warmup"], progress=progress, desc="mini-CLIP")

@@ -31,9 +31,9 @@ __all__ = ['MODEL_TYPES', 'SPEC_FIELDS', 'QUANTIZED_BYTES', 'STORY_TOKENS', 'CAP
            'HF_CAPTIONER', 'OFFLINE_CONFIG', 'GPU_CONFIG', 'EVENT_STYLE', 'ConfigError', 'ModelSpec', 'ModelType',
            'register_model_type', 'parse_spec', 'parse_config', 'read_config', 'parameter_bytes', 'kv_cache_bytes',
            'generation_bytes', 'estimate_hf_bytes', 'hf_generation_bytes', 'estimate_own_bytes', 'on_device',
-           'gpu_budget', 'ModelLoadError', 'BudgetExceeded', 'Event', 'ModelManager', 'NoCapableModel', 'model_key',
-           'content_key', 'EmbeddingCache', 'ImageIndex', 'Request', 'TaskCoordinator', 'tiny_hf_config',
-           'per_image_search', 'retrieval_speedup', 'plot_timeline']
+           'gpu_budget', 'published_configs', 'with_published_configs', 'ModelLoadError', 'BudgetExceeded', 'Event',
+           'ModelManager', 'NoCapableModel', 'model_key', 'content_key', 'EmbeddingCache', 'ImageIndex', 'Request',
+           'TaskCoordinator', 'tiny_hf_config', 'per_image_search', 'retrieval_speedup', 'plot_timeline']
 
 # %% ../nbs/07b_manager.ipynb #1daa3a2b
 class ConfigError(ValueError):
@@ -320,6 +320,67 @@ def gpu_budget(share: float = 0.85) -> int | None:
     """A memory budget for the manager: `share` of the CUDA GPU's memory (the rest is CUDA's own context and the
     allocator's slack), or None (no budget) without CUDA."""
     return int(share * torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
+
+# %% ../nbs/07b_manager.ipynb #09ab1a5c
+def published_configs() -> dict:
+    """The configs of the checkpoints `GPU_CONFIG` names, written from their published sizes (hub id → config), so
+    their memory can be estimated offline, on the meta device."""
+    from transformers import Blip2Config, CLIPConfig, LlavaConfig, Qwen2VLConfig
+
+    eva_g = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
+                 image_size=224, patch_size=14, qkv_bias=True)
+    qformer = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                   encoder_hidden_size=1408, vocab_size=30523)
+    return {
+        "openai/clip-vit-base-patch32": CLIPConfig(
+            text_config=dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+                             num_attention_heads=8, max_position_embeddings=77),
+            vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                               image_size=224, patch_size=32), projection_dim=512),
+        "Salesforce/blip2-opt-2.7b": Blip2Config(
+            vision_config=eva_g, qformer_config=qformer, num_query_tokens=32,
+            text_config=dict(model_type="opt", vocab_size=50304, hidden_size=2560, ffn_dim=10240,
+                             num_hidden_layers=32, num_attention_heads=32, word_embed_proj_dim=2560,
+                             max_position_embeddings=2048)),
+        "Salesforce/blip2-itm-vit-g": Blip2Config(
+            vision_config=eva_g, qformer_config={**qformer, "use_qformer_text_input": True}, num_query_tokens=32,
+            image_text_hidden_size=256),
+        "llava-hf/llava-1.5-7b-hf": LlavaConfig(
+            vision_config=dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096,
+                               num_hidden_layers=24, num_attention_heads=16, image_size=336, patch_size=14,
+                               projection_dim=768),
+            text_config=dict(model_type="llama", vocab_size=32064, hidden_size=4096, intermediate_size=11008,
+                             num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32),
+            image_token_index=32000, vision_feature_layer=-2),
+        "Qwen/Qwen2-VL-2B-Instruct": Qwen2VLConfig(
+            text_config=dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                             num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True,
+                             rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}),
+            vision_config=dict(depth=32, embed_dim=1280, hidden_size=1536, mlp_ratio=4, num_heads=16,
+                               spatial_merge_size=2, patch_size=14, temporal_patch_size=2),
+            tie_word_embeddings=True, dtype="bfloat16"),
+    }
+
+
+def with_published_configs(config: dict, folder: str | Path) -> dict:
+    """`config` with each hub id it names replaced by a folder under `folder` that holds the checkpoint's published
+    config and no weights: enough for the manager's estimates, with nothing downloaded."""
+    configs, folder = published_configs(), Path(folder)
+    def local(hub_id: str) -> str:
+        if hub_id not in configs:
+            raise ValueError(f"no published config for {hub_id!r}; known: {sorted(configs)}")
+        path = folder / hub_id.replace("/", "--")
+        configs[hub_id].save_pretrained(path)
+        return str(path)
+    models = []
+    for entry in config["models"]:
+        entry = {**entry, "options": dict(entry.get("options", {}))}
+        if entry.get("path"):
+            entry["path"] = local(entry["path"])
+        if "retrieval_path" in entry["options"]:
+            entry["options"]["retrieval_path"] = local(entry["options"]["retrieval_path"])
+        models.append(entry)
+    return {**config, "models": models}
 
 # %% ../nbs/07b_manager.ipynb #736b0260
 class ModelLoadError(RuntimeError):

@@ -12,7 +12,7 @@ from torch import nn
 
 from .core import (History, Profile, Recipe, cycle, default_mixed_precision, load_shipped, register_recipe,
                               warmup_cosine)
-from .storyworld import storyworld_loader
+from .storyworld import draws_up_front, storyworld_loader
 from .vqvae import VQVAE, evaluate_vqvae, vqvae_config
 
 # %% auto #0
@@ -259,7 +259,8 @@ def build_vqgan(config: dict) -> VQGAN:
 def train_vqgan(model: VQGAN, config: dict, progress: bool = True) -> dict:
     "Train `model` as `config` says; return `evaluate_vqvae`'s test metrics and the adaptive weight's course."
     loader = storyworld_loader("train", batch_size=config["batch_size"], seed=config["seed"],
-                               image_size=config["image_size"], num_workers=config["num_workers"])
+                               image_size=config["image_size"], num_workers=config["num_workers"],
+                               drawn=draws_up_front(config["steps"], config["batch_size"]))
     history = fit_vqgan(model, build_perceptual(config["perceptual"]), loader, config["steps"], lr=config["lr"],
                         d_lr=config["d_lr"], warmup=config["warmup"], disc_start=config["disc_start"],
                         progress=progress, perceptual_weight=config["perceptual_weight"],

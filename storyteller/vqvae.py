@@ -13,7 +13,7 @@ from torch import nn
 
 from .core import Profile, Recipe, fit, get_device, load_shipped, register_recipe
 from .foundations import load_split
-from .storyworld import AttributeJudge, attribute_accuracy, storyworld_fid, storyworld_loader
+from .storyworld import AttributeJudge, attribute_accuracy, draws_up_front, storyworld_fid, storyworld_loader
 
 # %% auto #0
 __all__ = ['vqvae_recipe', 'Quantized', 'nearest_code', 'kmeans', 'code_perplexity', 'VectorQuantizer', 'group_norm',
@@ -337,7 +337,7 @@ def vqvae_config(profile: Profile) -> dict:
     gpu = profile.name == "gpu"
     halvings = int(math.log2(profile.image_size // 8))
     return {"steps": 6000 if gpu else 3000, "batch_size": 64 if gpu else 32, "lr": 1e-3, "warmup": 100,
-            "ch": 64 if gpu else 32, "ch_mult": [1] + [2] * halvings, "num_res_blocks": 1, "z_dim": 64,
+            "ch": 32, "ch_mult": [1] + [2] * halvings, "num_res_blocks": 1, "z_dim": 64,
             "num_codes": 512, "code_dim": 32, "beta": 0.25, "ema": True, "decay": 0.99, "kmeans_init": True,
             "dead_code_threshold": 1.0, "image_size": profile.image_size, "eval_size": 1000,
             "num_workers": min(4, os.cpu_count() or 1) if gpu else 1, "seed": 0}
@@ -354,7 +354,8 @@ def build_vqvae(config: dict) -> VQVAE:
 def train_vqvae(model: VQVAE, config: dict, progress: bool = True) -> dict:
     "Train `model` on StoryWorld as `config` says; return its test metrics (`evaluate_vqvae`)."
     loader = storyworld_loader("train", batch_size=config["batch_size"], seed=config["seed"],
-                               image_size=config["image_size"], num_workers=config["num_workers"])
+                               image_size=config["image_size"], num_workers=config["num_workers"],
+                               drawn=draws_up_front(config["steps"], config["batch_size"]))
     fit(model.to(get_device()), vqvae_loss, loader, config["steps"], lr=config["lr"], warmup=config["warmup"],
         progress=progress, desc="VQ-VAE")
     return evaluate_vqvae(model, config["eval_size"], config["image_size"])

@@ -1,69 +1,26 @@
 """GPU_CONFIG and the app's GPU config fit a 15 GB T4: each model's meta-device estimate, with the memory of a
-story-length generation, stays within the manager's budget. The checkpoints' configs are written here from their
-published sizes (the hub is offline in tests); Qwen2-VL-2B's is checked against its published weight total."""
-import copy
+story-length generation, stays within the manager's budget. The checkpoints' configs are the library's
+`published_configs` (the hub is offline in tests); Qwen2-VL-2B's and LLaVA's are checked against their published
+weight totals."""
 
 import pytest
 import torch
 import transformers
 
 from storyteller.lora import meta_model
-from storyteller.manager import GPU_CONFIG, MODEL_TYPES, ModelManager, parse_config
+from storyteller.manager import (GPU_CONFIG, MODEL_TYPES, ModelManager, parse_config, published_configs,
+                                 with_published_configs)
 
 T4 = 15 * 10**9  # the issue's yardstick: a T4's usable memory
 BUDGET = int(0.85 * T4)  # the budget the chapters give the manager; the rest is CUDA's context and fragmentation
-EVA_G = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16, image_size=224,
-             patch_size=14, qkv_bias=True)
-QFORMER = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-               encoder_hidden_size=1408, vocab_size=30523)
-CONFIGS = {  # published sizes of the checkpoints GPU_CONFIG names
-    "openai/clip-vit-base-patch32": transformers.CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
-                         num_attention_heads=8, max_position_embeddings=77),
-        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                           image_size=224, patch_size=32), projection_dim=512),
-    "Salesforce/blip2-opt-2.7b": transformers.Blip2Config(
-        vision_config=EVA_G, qformer_config=QFORMER, num_query_tokens=32,
-        text_config=dict(model_type="opt", vocab_size=50304, hidden_size=2560, ffn_dim=10240, num_hidden_layers=32,
-                         num_attention_heads=32, word_embed_proj_dim=2560, max_position_embeddings=2048)),
-    "Salesforce/blip2-itm-vit-g": transformers.Blip2Config(
-        vision_config=EVA_G, qformer_config={**QFORMER, "use_qformer_text_input": True}, num_query_tokens=32,
-        image_text_hidden_size=256),
-    "llava-hf/llava-1.5-7b-hf": transformers.LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096,
-                           num_hidden_layers=24, num_attention_heads=16, image_size=336, patch_size=14,
-                           projection_dim=768),
-        text_config=dict(model_type="llama", vocab_size=32064, hidden_size=4096, intermediate_size=11008,
-                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32),
-        image_token_index=32000, vision_feature_layer=-2),
-    "Qwen/Qwen2-VL-2B-Instruct": transformers.Qwen2VLConfig(
-        text_config=dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                         num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True,
-                         rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}),
-        vision_config=dict(depth=32, embed_dim=1280, hidden_size=1536, mlp_ratio=4, num_heads=16,
-                           spatial_merge_size=2, patch_size=14, temporal_patch_size=2),
-        tie_word_embeddings=True, dtype="bfloat16"),
-}
+CONFIGS = published_configs()  # the library writes them from the published sizes
 
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
-    "GPU_CONFIG with every hub id replaced by a folder holding that checkpoint's config (and no weights)."
+    "A config with every hub id replaced by a folder holding that checkpoint's published config (and no weights)."
     root = tmp_path_factory.mktemp("configs")
-    folders = {}
-    for hub_id, config in CONFIGS.items():
-        folders[hub_id] = str(root / hub_id.replace("/", "--"))
-        config.save_pretrained(folders[hub_id])
-
-    def localise(config: dict) -> dict:
-        config = copy.deepcopy(config)
-        for entry in config["models"]:
-            if entry.get("path"):
-                entry["path"] = folders[entry["path"]]
-            if "retrieval_path" in entry.get("options", {}):
-                entry["options"]["retrieval_path"] = folders[entry["options"]["retrieval_path"]]
-        return config
-    return localise
+    return lambda config: with_published_configs(config, root)
 
 
 def test_the_written_configs_are_the_published_checkpoints():
