@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .core import SHIPPED_DIR, load_from, load_shipped, to_pil
+from .core import SHIPPED_DIR, StorytellerError, load_from, load_shipped, to_pil
 from .storyworld import (BACKGROUNDS, COLOURS, EN, NAMES, POSITIONS, SHAPES, SIZES, ZH, Actor, Scene,
                                     actor_phrase, build_tokenizer, caption, to_tensor)
 
@@ -43,7 +43,7 @@ class Capability(str, Enum):
     IMAGE_GENERATION = "image_generation"  # generate_image(prompts)
 
 
-class UnsupportedCapability(NotImplementedError):
+class UnsupportedCapability(StorytellerError, NotImplementedError):
     "A model was asked for a capability (or a language) its checkpoint does not have; the message names both."
 
     def __init__(self, model: str, capability: Capability, language: str | None = None):

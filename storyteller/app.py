@@ -16,6 +16,8 @@ from typing import Any
 
 from PIL import Image
 
+from .core import StorytellerError
+
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'LANGUAGES', 'IMAGE_SOURCES', 'SHIPPED_CHARACTERS', 'PLACES', 'SPOTS', 'APP_CONFIG',
            'APP_GPU_CONFIG', 'STORY_PROMPT', 'QUESTION_CYCLE', 'QUESTIONS', 'StoryError', 'check_language', 'Character',
@@ -30,7 +32,7 @@ LANGUAGES = ("en", "zh")
 IMAGE_SOURCES = ("user", "generated", "retrieved")
 
 
-class StoryError(ValueError):
+class StoryError(StorytellerError, ValueError):
     "A story, a story folder or a request to the storyteller is wrong; the message says what and where."
 
 
@@ -103,10 +105,19 @@ def save_story(story: Story, folder: str | Path, exports: bool = True) -> Path:
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not (folder / "story.json").exists():
         raise StoryError(f"{folder} exists and is not a story folder: refusing to replace it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
     record = story_record(story)
     pictures = [(c.image, r["image"]) for c, r in zip(story.characters.values(), record["characters"])] + \
                [(s.image, r["image"]) for s, r in zip(story.scenes, record["scenes"])]
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _write_story_folder(folder, record, pictures, story if exports else None)
+    except OSError as e:
+        raise StoryError(f"{folder}: cannot write the story ({e.strerror or e})") from e
+    return folder
+
+
+def _write_story_folder(folder: Path, record: dict, pictures: list, exports: Story | None) -> None:
+    "Write the story folder beside `folder` and swap it in (`save_story`'s file work)."
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
     try:
         (staging / "images").mkdir()
@@ -114,9 +125,9 @@ def save_story(story: Story, folder: str | Path, exports: bool = True) -> Path:
             if image is not None:
                 (staging / path).write_bytes(png_bytes(image))
         (staging / "story.json").write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")
-        if exports:
-            (staging / "story.md").write_text(to_markdown(story), encoding="utf-8")
-            (staging / "story.html").write_text(to_html(story), encoding="utf-8")
+        if exports is not None:
+            (staging / "story.md").write_text(to_markdown(exports), encoding="utf-8")
+            (staging / "story.html").write_text(to_html(exports), encoding="utf-8")
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.replace(folder, old)
@@ -126,7 +137,6 @@ def save_story(story: Story, folder: str | Path, exports: bool = True) -> Path:
             os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return folder
 
 # %% ../nbs/08_storyteller.ipynb #f0a7c2c0
 def _get(record: dict, key: str, kind: type | tuple, where: str) -> Any:
@@ -421,7 +431,8 @@ register_model_type(ModelType(
     "character-illustrator", lambda s: CharacterIllustrator(**s.options, **_own_kwargs(s)),
     lambda s: estimate_own_bytes(s, s.options.get("recipe", "unet")), lambda s: CharacterIllustrator.capabilities,
     languages=CharacterIllustrator.languages, needs_path=False,
-    options=frozenset({"recipe", "characters", "steps", "guidance_scale", "seed", "known_words_only"})))
+    options={"recipe": str, "characters": dict, "steps": int, "guidance_scale": float, "seed": int,
+             "known_words_only": bool}))
 
 
 def _with_illustrator(config: dict, illustrator: dict, drop: tuple[str, ...] = ()) -> dict:

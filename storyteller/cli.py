@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .core import (PROFILES, RECIPES, SHIPPED_DIR, CheckpointError, describe_provenance,
+from .core import (PROFILES, RECIPES, SHIPPED_DIR, ConfigError, StorytellerError, describe_provenance,
                               get_profile, get_recipe, read_provenance, storyteller_home, train_model)
 
 # %% auto #0
@@ -19,7 +19,7 @@ def _parse_override(text: str) -> tuple[str, object]:
     "`KEY=VALUE` with VALUE read as JSON when it parses (numbers, booleans) and as a string otherwise."
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise ValueError(f"--set expects KEY=VALUE, got {text!r}")
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -156,9 +156,8 @@ def _models(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `storyteller` command; returns the exit status. User errors print one line and return 2."
-    from storyteller.manager import ModelLoadError, NoCapableModel
-
+    """Entry point of the `storyteller` command; returns the exit status. A user's error (a `StorytellerError`)
+    prints one line and returns 2; anything else is a bug and raises with its traceback."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already reported in one line
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if said := commands[args.command](args):
             print(said)
-    except (ValueError, KeyError, NoCapableModel, ModelLoadError, CheckpointError, OSError) as e:
-        print(f"storyteller: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+    except StorytellerError as e:
+        print(f"storyteller: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     return 0

@@ -24,14 +24,24 @@ from torch import nn
 PACKAGE_DIR = Path(importlib.util.find_spec("storyteller").origin).parent  # also right inside the notebooks
 
 # %% auto #0
-__all__ = ['PACKAGE_DIR', 'PROFILES', 'RECIPES', 'RECIPE_MODULES', 'SHIPPED_DIR', 'get_device', 'Profile', 'get_profile',
-           'step_cap', 'capped', 'seed_everything', 'History', 'cycle', 'warmup_cosine', 'default_mixed_precision',
-           'fit', 'to_pil', 'image_grid', 'show_images', 'image_gallery', 'CheckpointError', 'save_checkpoint',
-           'read_provenance', 'load_checkpoint', 'Recipe', 'register_recipe', 'get_recipe', 'hardware', 'git_commit',
-           'versions', 'resolve_config', 'train_model', 'storyteller_home', 'load_from', 'load_shipped',
-           'load_or_train', 'results_model', 'lineage', 'total_steps', 'describe_provenance']
+__all__ = ['PACKAGE_DIR', 'PROFILES', 'RECIPES', 'RECIPE_MODULES', 'SHIPPED_DIR', 'StorytellerError', 'ConfigError', 'get_device',
+           'Profile', 'get_profile', 'step_cap', 'capped', 'seed_everything', 'History', 'cycle', 'warmup_cosine',
+           'default_mixed_precision', 'fit', 'to_pil', 'image_grid', 'show_images', 'image_gallery', 'CheckpointError',
+           'save_checkpoint', 'read_provenance', 'load_checkpoint', 'Recipe', 'UnknownRecipe', 'register_recipe',
+           'get_recipe', 'hardware', 'git_commit', 'versions', 'resolve_config', 'mistyped', 'train_model',
+           'storyteller_home', 'load_from', 'load_shipped', 'load_or_train', 'results_model', 'lineage', 'total_steps',
+           'describe_provenance']
 
 # %% ../nbs/A1_core.ipynb #5a85a287
+class StorytellerError(Exception):
+    """What a user's input or request gets wrong: a config, a checkpoint, a story, a task no model can do. The command
+    line reports these in one line; any other error is a bug and keeps its traceback."""
+
+
+class ConfigError(StorytellerError, ValueError):
+    "A config (a profile, a recipe's fields, a model config) is wrong; the message names the entry and the field."
+
+
 def get_device(prefer: str | None = None) -> torch.device:
     "The device to compute on: `prefer` if given, else CUDA, then Apple MPS, then the CPU."
     if prefer:
@@ -67,7 +77,7 @@ def get_profile(name: str | None = None) -> Profile:
     `gpu` without CUDA warns: its sizes take hours on a CPU."""
     name = name or os.environ.get("STORYTELLER_PROFILE") or ("gpu" if torch.cuda.is_available() else "cpu")
     if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r} (from STORYTELLER_PROFILE or the argument); "
+        raise ConfigError(f"unknown profile {name!r} (from STORYTELLER_PROFILE or the argument); "
                          f"valid profiles: {', '.join(sorted(PROFILES))}")
     if name == "gpu" and not torch.cuda.is_available() and step_cap() is None:
         warnings.warn("the gpu profile without CUDA: chapters will train and evaluate at GPU sizes on this machine, "
@@ -261,7 +271,7 @@ def image_gallery(images: torch.Tensor, captions: list[str], ncols: int = 4, sca
     return HTML(f'<div style="display:grid;grid-template-columns:repeat({ncols},1fr);gap:8px">{"".join(figures)}</div>')
 
 # %% ../nbs/A1_core.ipynb #35b22448
-class CheckpointError(RuntimeError):
+class CheckpointError(StorytellerError, RuntimeError):
     "A checkpoint that is missing, corrupt or does not fit its model; the message names the file."
 
 
@@ -283,10 +293,13 @@ def save_checkpoint(model: nn.Module, path: str | Path, provenance: dict | None 
     from safetensors.torch import save_model
 
     path = Path(path)
-    _atomic_write(path, lambda tmp: save_model(model, str(tmp)))
-    if provenance is not None:
-        text = json.dumps(provenance, indent=2, ensure_ascii=False, default=str)
-        _atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    try:
+        _atomic_write(path, lambda tmp: save_model(model, str(tmp)))
+        if provenance is not None:
+            text = json.dumps(provenance, indent=2, ensure_ascii=False, default=str)
+            _atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({e.strerror or e})") from e
     return path
 
 
@@ -326,6 +339,10 @@ class Recipe:
     description: str = ""
 
 
+class UnknownRecipe(StorytellerError, KeyError):
+    "No recipe has the name asked for; the message lists the known ones."
+
+
 RECIPES: dict[str, Recipe] = {}
 RECIPE_MODULES = ("storyteller.storyworld", "storyteller.foundations", "storyteller.vqvae", "storyteller.vqgan",
                   "storyteller.diffusion", "storyteller.dit")
@@ -344,7 +361,7 @@ def get_recipe(name: str) -> Recipe:
     for module in RECIPE_MODULES:
         importlib.import_module(module)
     if name not in RECIPES:
-        raise KeyError(f"no recipe named {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
+        raise UnknownRecipe(f"no recipe named {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
     return RECIPES[name]
 
 
@@ -383,12 +400,23 @@ def versions() -> dict[str, str]:
 
 def resolve_config(recipe: Recipe, profile: Profile | None = None, **overrides) -> dict:
     """The recipe's config for `profile`, with `overrides` applied (and its training and evaluation-sampling steps
-    capped in a smoke run); an unknown key raises `ValueError`."""
+    capped in a smoke run); an unknown key raises `ConfigError`."""
     config = recipe.config(profile or get_profile())
     unknown = sorted(set(overrides) - set(config))
     if unknown:
-        raise ValueError(f"recipe {recipe.name!r} has no config field(s) {unknown}; fields: {sorted(config)}")
+        raise ConfigError(f"recipe {recipe.name!r} has no config field(s) {unknown}; fields: {sorted(config)}")
+    for key, value in overrides.items():
+        if config[key] is not None and mistyped(value, type(config[key])):
+            raise ConfigError(f"recipe {recipe.name!r}: field {key!r} is {value!r}; it must be of type "
+                              f"{type(config[key]).__name__}, like its default {config[key]!r}")
     return _capped_steps({**config, **overrides})
+
+
+def mistyped(value: Any, expected: type) -> bool:
+    "Whether `value` is not of type `expected` as a config reads it: an int does for a float; a bool is not a number."
+    if isinstance(value, bool) and expected is not bool:
+        return True
+    return not isinstance(value, (int, float) if expected is float else expected)
 
 
 def _capped_steps(config: dict) -> dict:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Profile, Recipe, fit, get_device, register_recipe
+from .core import Profile, Recipe, StorytellerError, fit, get_device, register_recipe
 from .storyworld import (BACKGROUNDS, COLOURS, LANGUAGES, N_TEMPLATES, POSITIONS, SHAPES, SIZES, Actor,
                                     Scene, StoryWorldDataset, build_tokenizer, caption, draws_up_front,
                                     scene_from_labels, storyworld_loader)
@@ -491,7 +491,7 @@ def evaluate_miniclip(model: MiniCLIP, n: int = 1000, lang: str = "en", image_si
 def train_miniclip(model: MiniCLIP, config: dict, progress: bool = True) -> dict:
     "Train `model` with the contrastive loss (NegCLIP's if the config asks for `hard_negatives`) as `config` says; return its held-out metrics in English."
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by torchrun and accelerate launch
-        raise ValueError("mini-CLIP training runs in one process: the contrastive loss would see only each process's "
+        raise StorytellerError("mini-CLIP training runs in one process: the contrastive loss would see only each process's "
                          "share of the batch as negatives; launch it without torchrun or accelerate launch")
     loader = storyworld_loader("train", batch_size=config["batch_size"], seed=config["seed"], lang=config["lang"],
                                image_size=config["image_size"], num_workers=config["num_workers"],

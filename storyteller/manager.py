@@ -8,6 +8,7 @@ import gc
 import hashlib
 import inspect
 import json
+import re
 import threading
 import time
 import warnings
@@ -24,22 +25,20 @@ from torch import nn
 from .adapters import (DTYPES, GENERATION_BATCH, QUANTIZATIONS, BLIP2Adapter, Capability, CLIPAdapter, DescriberAdapter,
                                   IllustratorAdapter, LLaVAAdapter, MiniCLIPAdapter, MultimodalModel, QwenVLAdapter,
                                   StoryWriterAdapter, is_chinese)
-from .core import SHIPPED_DIR, _atomic_write, get_recipe, read_provenance
+from .core import (SHIPPED_DIR, ConfigError, StorytellerError, _atomic_write, get_recipe, mistyped,
+                              read_provenance)
 
 # %% auto #0
-__all__ = ['MODEL_TYPES', 'SPEC_FIELDS', 'QUANTIZED_BYTES', 'STORY_TOKENS', 'CAPTION_TOKENS', 'PROMPT_TOKENS', 'QWEN_MAX_PIXELS',
-           'HF_CAPTIONER', 'OFFLINE_CONFIG', 'GPU_CONFIG', 'EVENT_STYLE', 'ConfigError', 'ModelSpec', 'ModelType',
-           'register_model_type', 'parse_spec', 'parse_config', 'read_config', 'parameter_bytes', 'kv_cache_bytes',
-           'generation_bytes', 'estimate_hf_bytes', 'hf_generation_bytes', 'estimate_own_bytes', 'on_device',
-           'gpu_budget', 'published_configs', 'with_published_configs', 'ModelLoadError', 'BudgetExceeded', 'Event',
-           'ModelManager', 'NoCapableModel', 'model_key', 'content_key', 'EmbeddingCache', 'ImageIndex', 'Request',
-           'TaskCoordinator', 'tiny_hf_config', 'per_image_search', 'retrieval_speedup', 'plot_timeline']
+__all__ = ['MODEL_TYPES', 'SPEC_FIELDS', 'DEVICE', 'QUANTIZED_BYTES', 'STORY_TOKENS', 'CAPTION_TOKENS', 'PROMPT_TOKENS',
+           'QWEN_MAX_PIXELS', 'HF_CAPTIONER', 'OFFLINE_CONFIG', 'GPU_CONFIG', 'EVENT_STYLE', 'ModelSpec', 'ModelType',
+           'register_model_type', 'check_fields', 'check_options', 'parse_spec', 'parse_config', 'read_config',
+           'parameter_bytes', 'kv_cache_bytes', 'generation_bytes', 'estimate_hf_bytes', 'hf_generation_bytes',
+           'estimate_own_bytes', 'on_device', 'gpu_budget', 'published_configs', 'with_published_configs',
+           'ModelLoadError', 'BudgetExceeded', 'Event', 'ModelManager', 'NoCapableModel', 'model_key', 'content_key',
+           'EmbeddingCache', 'ImageIndex', 'Request', 'TaskCoordinator', 'tiny_hf_config', 'per_image_search',
+           'retrieval_speedup', 'plot_timeline']
 
 # %% ../nbs/07b_manager.ipynb #1daa3a2b
-class ConfigError(ValueError):
-    "A model config is wrong; the message names the entry and the field."
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     "One entry of a model config: a name, a registered type, where the weights are, and how to load them."
@@ -61,7 +60,7 @@ class ModelType:
     capabilities: Callable[[ModelSpec], frozenset[Capability]]
     languages: frozenset[str] = frozenset({"en"})
     needs_path: bool = True
-    options: frozenset[str] = frozenset()
+    options: dict[str, type] = field(default_factory=dict)  # the options it takes, each with its value's type
     working_bytes: Callable[[ModelSpec], int] = lambda spec: 0  # memory its work takes on top (a generation's cache)
 
 
@@ -75,38 +74,57 @@ def register_model_type(model_type: ModelType) -> ModelType:
     return model_type
 
 
-def parse_spec(entry: Any, index: int) -> ModelSpec:
-    "Validate config entry number `index`; every error names the entry and the field."
-    label = f"models[{index}]" + (f" ({entry['name']!r})" if isinstance(entry, dict) and "name" in entry else "")
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{label}: an entry must be a mapping of fields, got {type(entry).__name__}")
-    unknown = sorted(set(entry) - set(SPEC_FIELDS))
-    if unknown:
-        raise ConfigError(f"{label}: unknown field {unknown[0]!r}; the fields are {', '.join(SPEC_FIELDS)}")
+DEVICE = re.compile(r"cpu|mps|cuda(:[0-9]+)?")
+
+
+def check_fields(label: str, entry: dict) -> None:
+    "Each field of a config entry has its type, and the device, dtype and quantization a valid value."
     for key in ("name", "type"):
         if not isinstance(entry.get(key), str) or not entry[key]:
             raise ConfigError(f"{label}: field {key!r} is missing or not a string")
+    for key in ("path", "dtype", "quantization"):
+        if entry.get(key) is not None and not isinstance(entry[key], str):
+            raise ConfigError(f"{label}: field {key!r} must be a string, got {type(entry[key]).__name__} {entry[key]!r}")
+    if entry.get("dtype") is not None and entry["dtype"] not in DTYPES:
+        raise ConfigError(f"{label}: field 'dtype' is {entry['dtype']!r}; valid: {', '.join(DTYPES)}")
+    quantization, device = entry.get("quantization"), entry.get("device", "cpu")
+    if not isinstance(device, str) or not DEVICE.fullmatch(device):
+        raise ConfigError(f"{label}: field 'device' is {device!r}; valid: cpu, cuda, cuda:N, mps")
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise ConfigError(f"{label}: field 'quantization' is {quantization!r}; valid: {', '.join(QUANTIZATIONS)}")
+    if quantization and not device.startswith("cuda"):
+        raise ConfigError(f"{label}: field 'quantization' needs a CUDA device (bitsandbytes); field 'device' is {device!r}")
+
+
+def check_options(label: str, kind: ModelType, options: Any) -> None:
+    "The options of a config entry: a mapping of names its model type takes, each value of the type it declares."
+    if not isinstance(options, dict):
+        raise ConfigError(f"{label}: field 'options' must be a mapping, got {type(options).__name__}")
+    bad = sorted(str(name) for name in set(options) - set(kind.options))
+    if bad:
+        raise ConfigError(f"{label}: field 'options' has {bad[0]!r}, which type {kind.name!r} does not take; it takes "
+                          f"{', '.join(sorted(kind.options)) or 'no options'}")
+    for name, value in options.items():
+        if mistyped(value, kind.options[name]):
+            raise ConfigError(f"{label}: option {name!r} is {value!r}; it must be of type {kind.options[name].__name__}")
+
+
+def parse_spec(entry: Any, index: int) -> ModelSpec:
+    "Validate config entry number `index`; every error names the entry and the field."
+    named = isinstance(entry, dict) and isinstance(entry.get("name"), str)
+    label = f"models[{index}]" + (f" ({entry['name']!r})" if named else "")
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{label}: an entry must be a mapping of fields, got {type(entry).__name__}")
+    unknown = sorted(str(key) for key in set(entry) - set(SPEC_FIELDS))
+    if unknown:
+        raise ConfigError(f"{label}: unknown field {unknown[0]!r}; the fields are {', '.join(SPEC_FIELDS)}")
+    check_fields(label, entry)
     kind = MODEL_TYPES.get(entry["type"])
     if kind is None:
         raise ConfigError(f"{label}: field 'type' is {entry['type']!r}; known types: {', '.join(sorted(MODEL_TYPES))}")
     if kind.needs_path and not entry.get("path"):
         raise ConfigError(f"{label}: field 'path' is missing; type {kind.name!r} loads from a folder or a hub id")
-    if entry.get("dtype") is not None and entry["dtype"] not in DTYPES:
-        raise ConfigError(f"{label}: field 'dtype' is {entry['dtype']!r}; valid: {', '.join(DTYPES)}")
-    quantization, device = entry.get("quantization"), str(entry.get("device", "cpu"))
-    if quantization is not None and quantization not in QUANTIZATIONS:
-        raise ConfigError(f"{label}: field 'quantization' is {quantization!r}; valid: {', '.join(QUANTIZATIONS)}")
-    if quantization and not device.startswith("cuda"):
-        raise ConfigError(f"{label}: field 'quantization' needs a CUDA device (bitsandbytes); field 'device' is {device!r}")
-    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
-        raise ConfigError(f"{label}: field 'device' is {device!r}; valid: cpu, cuda, cuda:N, mps")
-    options = entry.get("options", {})
-    if not isinstance(options, dict):
-        raise ConfigError(f"{label}: field 'options' must be a mapping, got {type(options).__name__}")
-    bad = sorted(set(options) - kind.options)
-    if bad:
-        raise ConfigError(f"{label}: field 'options' has {bad[0]!r}, which type {kind.name!r} does not take; it takes "
-                          f"{', '.join(sorted(kind.options)) or 'no options'}")
+    check_options(label, kind, entry.get("options", {}))
     return ModelSpec(**entry)
 
 
@@ -131,9 +149,17 @@ def read_config(path: str | Path) -> list[ModelSpec]:
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from e
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from e
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML: {getattr(e, 'problem', None) or 'unreadable'}{where}") from e
     return parse_config(data, str(path))
 
 # %% ../nbs/07b_manager.ipynb #e8fd838c
@@ -249,16 +275,16 @@ for model_type in (
                   if s.options.get("retrieval_path") else 0),
               lambda s: frozenset({Capability.CAPTIONING, Capability.VQA}) | (
                   {Capability.MATCHING, Capability.TEXT_EMBEDDING} if s.options.get("retrieval_path") else set()),
-              options=frozenset({"retrieval_path", "batch_size"}),
+              options={"retrieval_path": str, "batch_size": int},
               working_bytes=lambda s: hf_generation_bytes(s, CAPTION_TOKENS, lambda c: c.num_query_tokens)),  # no stories
     ModelType("llava", lambda s: LLaVAAdapter(s.path, **_hf_kwargs(s)),
               lambda s: estimate_hf_bytes(s, "LlavaForConditionalGeneration"), lambda s: HF_CAPTIONER,
-              options=frozenset({"batch_size"}), working_bytes=lambda s: hf_generation_bytes(
+              options={"batch_size": int}, working_bytes=lambda s: hf_generation_bytes(
                   s, STORY_TOKENS, lambda c: (c.vision_config.image_size // c.vision_config.patch_size) ** 2)),
     ModelType("qwen-vl", lambda s: QwenVLAdapter(s.path, s.options.get("min_pixels"), s.options.get("max_pixels"),
                                                  **_hf_kwargs(s)),
               lambda s: estimate_hf_bytes(s, "AutoModelForImageTextToText"), lambda s: HF_CAPTIONER,
-              languages=QwenVLAdapter.languages, options=frozenset({"min_pixels", "max_pixels", "batch_size"}),
+              languages=QwenVLAdapter.languages, options={"min_pixels": int, "max_pixels": int, "batch_size": int},
               working_bytes=lambda s: hf_generation_bytes(s, STORY_TOKENS, lambda c: s.options.get(
                   "max_pixels", QWEN_MAX_PIXELS) // (c.vision_config.patch_size * c.vision_config.spatial_merge_size) ** 2)),
     ModelType("miniclip", lambda s: MiniCLIPAdapter(**_own_kwargs(s)),
@@ -268,13 +294,13 @@ for model_type in (
                   k: v for k, v in s.options.items() if k != "recipe"}, **_own_kwargs(s)),
               lambda s: estimate_own_bytes(s, s.options.get("recipe", "dit")), lambda s: IllustratorAdapter.capabilities,
               languages=IllustratorAdapter.languages, needs_path=False,
-              options=frozenset({"recipe", "steps", "guidance_scale", "seed", "known_words_only"})),
+              options={"recipe": str, "steps": int, "guidance_scale": float, "seed": int, "known_words_only": bool}),
     ModelType("describer", lambda s: DescriberAdapter(**_own_kwargs(s)),
               lambda s: estimate_own_bytes(s, "judge"), lambda s: DescriberAdapter.capabilities,
               languages=DescriberAdapter.languages, needs_path=False),
     ModelType("writer", lambda s: StoryWriterAdapter(s.name, **s.options), lambda s: 0,
               lambda s: StoryWriterAdapter.capabilities, languages=StoryWriterAdapter.languages, needs_path=False,
-              options=frozenset({"paragraphs"})),
+              options={"paragraphs": int}),
 ):
     register_model_type(model_type)
 
@@ -383,11 +409,11 @@ def with_published_configs(config: dict, folder: str | Path) -> dict:
     return {**config, "models": models}
 
 # %% ../nbs/07b_manager.ipynb #736b0260
-class ModelLoadError(RuntimeError):
+class ModelLoadError(StorytellerError, RuntimeError):
     "A model failed to load; names the model, its type and its path, and chains the original error."
 
 
-class BudgetExceeded(MemoryError):
+class BudgetExceeded(StorytellerError, MemoryError):
     "A model does not fit in the memory budget even after evicting every model that is not in use."
 
 
@@ -560,7 +586,7 @@ class ModelManager:
         return counts
 
 # %% ../nbs/07b_manager.ipynb #29ab0065
-class NoCapableModel(LookupError):
+class NoCapableModel(StorytellerError, LookupError):
     "No configured model can serve a task: names the capability, the language, and why each model does not qualify."
 
 

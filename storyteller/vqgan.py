@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (History, Profile, Recipe, cycle, default_mixed_precision, load_shipped, register_recipe,
-                              warmup_cosine)
+from .core import (History, Profile, Recipe, StorytellerError, cycle, default_mixed_precision, load_shipped,
+                              register_recipe, warmup_cosine)
 from .storyworld import draws_up_front, storyworld_loader
 from .vqvae import VQVAE, evaluate_vqvae, vqvae_config
 
@@ -201,7 +201,7 @@ def fit_vqgan(model: VQGAN, perceptual: PerceptualLoss, data, steps: int, *, lr:
         raise ValueError(f"steps must be at least 1, got {steps}")
     accelerator = Accelerator(mixed_precision=default_mixed_precision())
     if accelerator.num_processes > 1:
-        raise ValueError("VQGAN training runs in one process: its two optimisers, the adaptive weight's autograd.grad "
+        raise StorytellerError("VQGAN training runs in one process: its two optimisers, the adaptive weight's autograd.grad "
                          "and the codebook's running averages are not data-parallel here; launch it without "
                          "torchrun or accelerate launch")
     model.to(accelerator.device).train(); perceptual.to(accelerator.device)

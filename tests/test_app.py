@@ -83,7 +83,7 @@ def test_a_failed_save_leaves_the_old_story_whole(tmp_path, monkeypatch):
     calls = iter(range(100))
     real = app.png_bytes
     monkeypatch.setattr(app, "png_bytes", lambda im: real(im) if next(calls) < 2 else (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StoryError, match=r"cannot write the story \(disk full\)"):  # the user's error, in one line
         save_story(changed, folder)
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == saved
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no staging folder left behind

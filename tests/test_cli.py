@@ -1,5 +1,6 @@
 """The installed `storyteller` command, end to end."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,11 @@ def test_bad_requests_are_clear_errors():
     assert result.returncode == 2 and "--set expects KEY=VALUE" in result.stderr
     result = run("train", "unicorn")
     assert result.returncode == 2 and "no recipe named 'unicorn'; known recipes: dit, judge, miniclip, unet" in result.stderr
+    result = run("train", "judge", "--set", "steps=two")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr  # one line, no traceback
+    assert "recipe 'judge': field 'steps' is 'two'; it must be of type int" in result.stderr
+    result = run("train", "miniclip", "--steps", "1", env={**os.environ, "WORLD_SIZE": "2"})  # as under torchrun
+    assert result.returncode == 2 and "mini-CLIP training runs in one process" in result.stderr, result.stderr
 
 
 def test_list_shows_shipped_provenance():
