@@ -146,6 +146,13 @@ def text_to_image_eval(model, config: dict, judge) -> tuple[float, int]:
     return tflop, pictures
 
 
+def recipe_loss(name: str, config: dict):
+    "The loss `fit` trains recipe `name` with (the text-to-image models compute their own)."
+    return {"judge": judge_loss, "vqvae": vqvae_loss,
+            "miniclip": clip_step_loss(build_tokenizer(), config.get("hard_negatives", False), 0)}.get(
+        name, lambda model, batch: model.loss(batch))
+
+
 def train_step_tflop(name: str, config: dict, n: int) -> float:
     "TFLOPs of one training step of recipe `name` at `config`'s batch, counted at `n` items."
     scale = config["batch_size"] / n
@@ -153,10 +160,7 @@ def train_step_tflop(name: str, config: dict, n: int) -> float:
         perceptual = vgg16_random() if config["perceptual"] == "vgg16" else miniclip_perceptual()
         before, after = (vqgan_step(config, n, perceptual, critic) * scale for critic in (False, True))
         return (before * config["disc_start"] + after * (config["steps"] - config["disc_start"])) / config["steps"]
-    loss = {"judge": judge_loss, "vqvae": vqvae_loss,
-            "miniclip": clip_step_loss(build_tokenizer(), config.get("hard_negatives", False), 0)}.get(
-        name, lambda model, batch: model.loss(batch))
-    return fit_step(name, config, n, loss) * scale
+    return fit_step(name, config, n, recipe_loss(name, config)) * scale
 
 
 def recipe_cost(name: str, n: int, judge, **overrides) -> RecipeCost:
@@ -266,10 +270,7 @@ def seconds_per_step(name: str, config: dict, steps: int) -> float:
         perceptual = miniclip_perceptual()
         run = lambda k: fit_vqgan(build(config), perceptual, [batch], k, disc_start=0, progress=False)
     else:
-        loss = {"judge": judge_loss, "vqvae": vqvae_loss,
-                "miniclip": clip_step_loss(build_tokenizer(), config.get("hard_negatives", False), 0)}.get(
-            name, lambda model, b: model.loss(b))
-        run = lambda k: fit(build(config), loss, [batch], k, progress=False)
+        run = lambda k: fit(build(config), recipe_loss(name, config), [batch], k, progress=False)
     timed = []
     for k in (1, 1 + steps):  # the difference leaves out building, moving and the first step's warm-up
         start = time.perf_counter()
