@@ -8,21 +8,24 @@ import html
 import io
 import json
 import os
+import reprlib
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from PIL import Image
 
 from .core import StorytellerError
 
 # %% auto #0
-__all__ = ['SCHEMA_VERSION', 'LANGUAGES', 'IMAGE_SOURCES', 'SHIPPED_CHARACTERS', 'PLACES', 'SPOTS', 'APP_CONFIG',
-           'APP_GPU_CONFIG', 'STORY_PROMPT', 'QUESTION_CYCLE', 'QUESTIONS', 'StoryError', 'check_language', 'Character',
-           'StoryScene', 'Story', 'image_paths', 'png_bytes', 'story_record', 'save_story', 'load_story', 'to_markdown',
-           'to_html', 'look_words', 'name_at', 'first_word', 'storyworld_name', 'character_look',
+__all__ = ['SCHEMA_VERSION', 'LANGUAGES', 'IMAGE_SOURCES', 'PNG_MODES', 'MAX_PICTURE_PIXELS', 'MAX_STORY_BYTES',
+           'SHIPPED_CHARACTERS', 'PLACES', 'SPOTS', 'APP_CONFIG', 'APP_GPU_CONFIG', 'STORY_PROMPT', 'QUESTION_CYCLE',
+           'QUESTIONS', 'StoryError', 'check_language', 'Character', 'StoryScene', 'Story', 'image_paths', 'png_ready',
+           'png_bytes', 'story_record', 'story_from_record', 'story_files', 'save_story', 'read_record', 'load_story',
+           'to_markdown', 'to_html', 'look_words', 'name_at', 'first_word', 'storyworld_name', 'character_look',
            'CharacterIllustrator', 'names_look', 'paragraph_scene', 'paragraphs', 'prompt_characters', 'StorytellerAI',
            'character_consistency', 'show_story']
 
@@ -71,6 +74,11 @@ class Story:
     scenes: list[StoryScene] = field(default_factory=list)
 
 # %% ../nbs/08_storyteller.ipynb #985073fd
+PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")  # and 16-bit grey, "I;16*"
+MAX_PICTURE_PIXELS = 4096 * 4096  # a story picture; anything bigger in a story folder is refused unread
+MAX_STORY_BYTES = 16 * 2**20  # story.json holds only text: a thousand long scenes fit in a megabyte
+
+
 def image_paths(story: Story) -> tuple[list[str | None], list[str | None]]:
     "Where each character's and each scene's picture lives inside a story folder (None: no picture)."
     characters = [f"images/character-{i:02d}.png" if c.image is not None else None
@@ -79,10 +87,20 @@ def image_paths(story: Story) -> tuple[list[str | None], list[str | None]]:
     return characters, scenes
 
 
+def png_ready(image: Image.Image) -> Image.Image:
+    """`image` in a mode PNG stores: 32-bit grey (I) as 16-bit, float grey (F) as 8-bit (Pillow clips to 0-255),
+    colour modes PNG lacks (CMYK, YCbCr, HSV, LAB, RGBX) as RGB, and those with alpha as RGBA."""
+    if image.mode in PNG_MODES or image.mode.startswith("I;16"):
+        return image
+    if image.mode in ("I", "F"):
+        return image.convert("I;16" if image.mode == "I" else "L")
+    return image.convert("RGBA" if {"A", "a"} & set(image.getbands()) else "RGB")
+
+
 def png_bytes(image: Image.Image) -> bytes:
-    "A picture as PNG bytes: lossless, and the same bytes for the same pixels."
+    "A picture as PNG bytes: lossless in PNG's own modes (`png_ready` says what other modes become), same pixels, same bytes."
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    png_ready(image).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -99,114 +117,208 @@ def story_record(story: Story) -> dict:
     }
 
 
+# %% ../nbs/08_storyteller.ipynb #f0a7c2c0
+def _get(record: Any, key: str, kind: type | tuple, where: str) -> Any:
+    "Field `key` of a JSON object, of exactly the JSON type `kind` (so `true` is no number); the error names where it is."
+    if type(record) is not dict:
+        raise StoryError(f"{where}: expected an object, got {type(record).__name__}")
+    if key not in record:
+        raise StoryError(f"{where}: field {key!r} is missing")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if type(record[key]) not in kinds:
+        names = " or ".join(k.__name__ for k in kinds)
+        raise StoryError(f"{where}: field {key!r} must be {names}, got {type(record[key]).__name__}")
+    return record[key]
+
+
+def _character(entry: Any, where: str, picture: Callable) -> Character:
+    "One entry of the record's 'characters'."
+    name, description = _get(entry, "name", str, where), _get(entry, "description", str, where)
+    return Character(name, description, picture(_get(entry, "image", (str, type(None)), where), where))
+
+
+def _scene(entry: Any, where: str, cast: dict, picture: Callable) -> StoryScene:
+    "One entry of the record's 'scenes', whose characters must be in `cast`."
+    source = _get(entry, "image_source", (str, type(None)), where)
+    if source not in (None, *IMAGE_SOURCES):
+        raise StoryError(f"{where}: field 'image_source' is {reprlib.repr(source)}; valid: {', '.join(IMAGE_SOURCES)}")
+    names = _get(entry, "characters", list, where)
+    unknown = [n for n in names if type(n) is not str or n not in cast]
+    if unknown:
+        raise StoryError(f"{where}: field 'characters' names {reprlib.repr(unknown)}, who are not characters of the story")
+    questions = _get(entry, "questions", list, where)
+    if not all(type(qa) is list and len(qa) == 2 and all(type(t) is str for t in qa) for qa in questions):
+        raise StoryError(f"{where}: field 'questions' must hold [question, answer] pairs of strings")
+    image = picture(_get(entry, "image", (str, type(None)), where), where)
+    return StoryScene(_get(entry, "text", str, where), image, source, _get(entry, "description", str, where),
+                      list(names), [tuple(qa) for qa in questions])
+
+
+def story_from_record(record: Any, picture: Callable[[str | None, str], Image.Image | None]) -> Story:
+    """The story a parsed story.json describes, checked field by field (`StoryError` names the field);
+    `picture(path, where)` supplies each picture."""
+    version = _get(record, "schema_version", int, "story")
+    if version != SCHEMA_VERSION:
+        raise StoryError(f"story: schema version {reprlib.repr(version)} is not supported "
+                         f"(this library reads {SCHEMA_VERSION})")
+    story = Story(_get(record, "title", str, "story"), check_language(_get(record, "language", str, "story")),
+                  _get(record, "prompt", str, "story"))
+    for i, entry in enumerate(_get(record, "characters", list, "story")):
+        character = _character(entry, f"characters[{i}]", picture)
+        if character.name in story.characters:
+            raise StoryError(f"characters[{i}]: field 'name' repeats {reprlib.repr(character.name)}")
+        story.characters[character.name] = character
+    story.scenes = [_scene(entry, f"scenes[{i}]", story.characters, picture)
+                    for i, entry in enumerate(_get(record, "scenes", list, "story"))]
+    return story
+
+
+# %% ../nbs/08_storyteller.ipynb #d349df23
+def _picture_file(image: Any, where: str) -> bytes:
+    "One picture of a story as PNG bytes; what is not a picture, or cannot become a PNG, is named by its field."
+    if not isinstance(image, Image.Image):
+        raise StoryError(f"{where}: field 'image' must be a PIL image, got {type(image).__name__}")
+    try:
+        return png_bytes(image)
+    except (OSError, ValueError) as e:
+        raise StoryError(f"{where}: the {image.mode} picture cannot be saved as PNG ({e})") from e
+
+
+def _utf8(text: str, name: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise StoryError(f"{name}: the story holds text that is not valid Unicode ({e.reason} at {e.start})") from e
+
+
+def story_files(story: Story, exports: bool = True) -> dict[str, bytes]:
+    """Every file of the story's folder as bytes, made before anything touches the disk: the record is checked to load
+    back as it is, and every picture is encoded, so a save either writes the whole story or nothing."""
+    record = story_record(story)
+    story_from_record(record, lambda path, where: None)  # refuse now what `load_story` would refuse later
+    files = {"story.json": _utf8(json.dumps(record, ensure_ascii=False, indent=1), "story.json")}
+    owners = [(f"characters[{i}]", c.image) for i, c in enumerate(story.characters.values())] + \
+             [(f"scenes[{i}]", s.image) for i, s in enumerate(story.scenes)]
+    character_paths, scene_paths = image_paths(story)
+    for (where, image), path in zip(owners, character_paths + scene_paths):
+        if path is not None:
+            files[path] = _picture_file(image, where)
+    if exports:
+        files["story.md"] = _utf8(to_markdown(story), "story.md")
+        files["story.html"] = _utf8(to_html(story), "story.html")
+    return files
+
+
+# %% ../nbs/08_storyteller.ipynb #55711ebf
+def _replaceable(folder: Path) -> bool:
+    "Whether saving may put a story at `folder`: nothing there, an empty folder, or a story folder."
+    if not folder.exists():
+        return True
+    return folder.is_dir() and (not any(folder.iterdir()) or (folder / "story.json").is_file())
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    "Put the finished folder `staging` at `folder`; if the second rename fails, the old folder is put back."
+    if not folder.exists():
+        os.replace(staging, folder)
+        return
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{staging.name[-8:]}")
+    os.replace(folder, old)
+    try:
+        os.replace(staging, folder)
+    except OSError:
+        os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_story_folder(folder: Path, files: dict[str, bytes]) -> None:
+    "Write `files` into a new folder beside `folder` and swap it in (`save_story`'s disk work)."
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
+    try:
+        (staging / "images").mkdir()
+        for path, data in files.items():
+            (staging / path).write_bytes(data)
+        _swap_in(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def save_story(story: Story, folder: str | Path, exports: bool = True) -> Path:
     """Write `story` to `folder` (story.json + images/, and story.md + story.html with `exports`) atomically: the new
     folder is written beside the old one and swapped in. The live story is only read, never changed."""
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not (folder / "story.json").exists():
-        raise StoryError(f"{folder} exists and is not a story folder: refusing to replace it")
-    record = story_record(story)
-    pictures = [(c.image, r["image"]) for c, r in zip(story.characters.values(), record["characters"])] + \
-               [(s.image, r["image"]) for s, r in zip(story.scenes, record["scenes"])]
+    files = story_files(story, exports)
     try:
+        if not _replaceable(folder):
+            raise StoryError(f"{folder} exists and is not a story folder: refusing to replace it")
         folder.parent.mkdir(parents=True, exist_ok=True)
-        _write_story_folder(folder, record, pictures, story if exports else None)
+        _write_story_folder(folder, files)
     except OSError as e:
         raise StoryError(f"{folder}: cannot write the story ({e.strerror or e})") from e
     return folder
 
 
-def _write_story_folder(folder: Path, record: dict, pictures: list, exports: Story | None) -> None:
-    "Write the story folder beside `folder` and swap it in (`save_story`'s file work)."
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
-    try:
-        (staging / "images").mkdir()
-        for image, path in pictures:
-            if image is not None:
-                (staging / path).write_bytes(png_bytes(image))
-        (staging / "story.json").write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")
-        if exports is not None:
-            (staging / "story.md").write_text(to_markdown(exports), encoding="utf-8")
-            (staging / "story.html").write_text(to_html(exports), encoding="utf-8")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(staging, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+# %% ../nbs/08_storyteller.ipynb #a01201f8
+def _story_json(folder: Path) -> Path:
+    "The folder's story.json: a file inside the folder (a link may not lead out of it) of at most `MAX_STORY_BYTES`."
+    source = folder / "story.json"
+    if not source.is_file():
+        raise StoryError(f"{folder}: no story.json (not a story folder)")
+    if not source.resolve().is_relative_to(folder.resolve()):
+        raise StoryError(f"{source}: a link that leads out of the story folder")
+    if source.stat().st_size > MAX_STORY_BYTES:
+        raise StoryError(f"{source}: {source.stat().st_size:,} bytes, more than a story holds ({MAX_STORY_BYTES:,})")
+    return source
 
-# %% ../nbs/08_storyteller.ipynb #f0a7c2c0
-def _get(record: dict, key: str, kind: type | tuple, where: str) -> Any:
-    "Field `key` of a JSON object, checked to be of `kind`; the error names where it is."
-    if not isinstance(record, dict):
-        raise StoryError(f"{where}: expected an object, got {type(record).__name__}")
-    if key not in record:
-        raise StoryError(f"{where}: field {key!r} is missing")
-    value = record[key]
-    if not isinstance(value, kind):
-        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise StoryError(f"{where}: field {key!r} must be {names}, got {type(value).__name__}")
-    return value
+
+def read_record(folder: Path) -> Any:
+    "The parsed story.json of `folder`; unreadable files, bad UTF-8, bad or too deeply nested JSON are `StoryError`s."
+    try:
+        data = _story_json(folder).read_bytes()
+    except OSError as e:
+        raise StoryError(f"{folder}: cannot read the story ({e.strerror or e})") from e
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # ValueError: bad UTF-8, bad JSON, integers too long to read
+        raise StoryError(f"{folder / 'story.json'}: not valid JSON ({reprlib.repr(str(e))})") from e
+
+
+def _inside(folder: Path, path: str, where: str) -> Path:
+    "Where the picture `path` lies; NUL bytes and paths that leave the story folder are errors."
+    if "\0" in path:
+        raise StoryError(f"{where}: image path {reprlib.repr(path)} holds a NUL byte")
+    target = (folder / path).resolve()
+    if Path(path).is_absolute() or not target.is_relative_to(folder.resolve()):
+        raise StoryError(f"{where}: image path {reprlib.repr(path)} leaves the story folder")
+    return target
 
 
 def _read_image(folder: Path, path: str | None, where: str) -> Image.Image | None:
-    "The picture at `path` inside `folder`; paths that leave the folder, missing files and broken images are errors."
+    "The picture at `path` inside `folder`, decoded only if it is at most `MAX_PICTURE_PIXELS`."
     if path is None:
         return None
-    target = (folder / path).resolve()
-    if Path(path).is_absolute() or not target.is_relative_to(folder.resolve()):
-        raise StoryError(f"{where}: image path {path!r} leaves the story folder")
-    if not target.is_file():
-        raise StoryError(f"{where}: image {path!r} is missing")
+    target = _inside(folder, path, where)
     try:
-        with Image.open(target) as image:
-            return image.copy()  # a plain in-memory Image, detached from the file
-    except OSError as e:
-        raise StoryError(f"{where}: image {path!r} cannot be read: {e}") from e
+        with warnings.catch_warnings():  # the size check below refuses what Pillow would only warn about
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(target) as image:
+                if image.width * image.height <= MAX_PICTURE_PIXELS:
+                    return image.copy()  # a plain in-memory Image, detached from the file
+                size = image.size
+    except FileNotFoundError as e:
+        raise StoryError(f"{where}: image {reprlib.repr(path)} is missing") from e
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise StoryError(f"{where}: image {reprlib.repr(path)} cannot be read ({e})") from e
+    raise StoryError(f"{where}: image {reprlib.repr(path)} is {size[0]}×{size[1]} pixels, "
+                     f"more than a story picture may have ({MAX_PICTURE_PIXELS:,})")
 
 
 def load_story(folder: str | Path) -> Story:
     "The story saved in `folder`, checked field by field; any problem raises `StoryError` naming the field."
     folder = Path(folder)
-    source = folder / "story.json"
-    if not source.is_file():
-        raise StoryError(f"{folder}: no story.json (not a story folder)")
-    try:
-        record = json.loads(source.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoryError(f"{source}: not valid JSON: {e}") from e
-    version = _get(record, "schema_version", int, str(source))
-    if version != SCHEMA_VERSION:
-        raise StoryError(f"{source}: schema version {version} is not supported (this library reads {SCHEMA_VERSION})")
-    story = Story(_get(record, "title", str, "story"), check_language(_get(record, "language", str, "story")),
-                  _get(record, "prompt", str, "story"))
-    for i, entry in enumerate(_get(record, "characters", list, "story")):
-        where = f"characters[{i}]"
-        name = _get(entry, "name", str, where)
-        if name in story.characters:
-            raise StoryError(f"{where}: field 'name' repeats {name!r}")
-        image = _read_image(folder, _get(entry, "image", (str, type(None)), where), where)
-        story.characters[name] = Character(name, _get(entry, "description", str, where), image)
-    for i, entry in enumerate(_get(record, "scenes", list, "story")):
-        where = f"scenes[{i}]"
-        source_kind = _get(entry, "image_source", (str, type(None)), where)
-        if source_kind not in (None, *IMAGE_SOURCES):
-            raise StoryError(f"{where}: field 'image_source' is {source_kind!r}; valid: {', '.join(IMAGE_SOURCES)}")
-        names = _get(entry, "characters", list, where)
-        unknown = [n for n in names if n not in story.characters]
-        if unknown:
-            raise StoryError(f"{where}: field 'characters' names {unknown}, who are not characters of the story")
-        questions = _get(entry, "questions", list, where)
-        if not all(isinstance(qa, list) and len(qa) == 2 and all(isinstance(t, str) for t in qa) for qa in questions):
-            raise StoryError(f"{where}: field 'questions' must hold [question, answer] pairs of strings")
-        image = _read_image(folder, _get(entry, "image", (str, type(None)), where), where)
-        story.scenes.append(StoryScene(_get(entry, "text", str, where), image, source_kind,
-                                       _get(entry, "description", str, where), list(names),
-                                       [tuple(qa) for qa in questions]))
-    return story
+    return story_from_record(read_record(folder), lambda path, where: _read_image(folder, path, where))
+
 
 # %% ../nbs/08_storyteller.ipynb #6bbe67d5
 def _img(image: Image.Image | None, alt: str) -> str:

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from .core import (PROFILES, RECIPES, SHIPPED_DIR, ConfigError, StorytellerError, describe_provenance,
-                              get_profile, get_recipe, read_provenance, storyteller_home, train_model)
+                              get_profile, get_recipe, read_provenance, resolve_config, storyteller_home,
+                              train_model)
 
 # %% auto #0
 __all__ = ['DEMO', 'OneLineParser', 'build_parser', 'main']
@@ -71,6 +72,7 @@ def _train(args: argparse.Namespace) -> str:
         overrides.setdefault("steps", recipe.ship_steps)
     if args.steps is not None:
         overrides["steps"] = args.steps
+    resolve_config(recipe, profile, **overrides)  # every --set checked before any work
     out = args.out or (SHIPPED_DIR if args.ship else storyteller_home()) / f"{args.name}.safetensors"
     resume = out if args.resume is True else args.resume
     _, provenance = train_model(args.name, out=out, profile=profile, resume=resume, **overrides)

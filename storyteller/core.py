@@ -398,10 +398,13 @@ def versions() -> dict[str, str]:
     return out
 
 
-def resolve_config(recipe: Recipe, profile: Profile | None = None, **overrides) -> dict:
+def resolve_config(recipe: Recipe, profile: Profile | None = None, /, **overrides) -> dict:
     """The recipe's config for `profile`, with `overrides` applied (and its training and evaluation-sampling steps
     capped in a smoke run); an unknown key raises `ConfigError`."""
     config = recipe.config(profile or get_profile())
+    if "profile" in overrides:  # recipes that build on another model record the profile it comes from
+        raise ConfigError(f"recipe {recipe.name!r}: 'profile' is not a field to set; choose the profile itself "
+                          "(--profile on the command line)")
     unknown = sorted(set(overrides) - set(config))
     if unknown:
         raise ConfigError(f"recipe {recipe.name!r} has no config field(s) {unknown}; fields: {sorted(config)}")

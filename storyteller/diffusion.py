@@ -8,6 +8,7 @@ import os
 import time
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -122,17 +123,18 @@ VARIANCES = ("fixed_small", "fixed_large")
 
 
 def sampling_timesteps(num_train_steps: int, num_steps: int, spacing: str = "leading") -> torch.Tensor:
-    "The `num_steps` timesteps a sampler visits, in descending order (diffusers' three spacings)."
+    """The `num_steps` timesteps a sampler visits, in descending order: diffusers' three spacings, computed as it
+    computes them (NumPy, float64), so the lists agree to the step."""
     _check_choice("spacing", spacing, SPACINGS)
     if not 1 <= num_steps <= num_train_steps:
         raise ValueError(f"steps must be between 1 and the {num_train_steps} training timesteps, got {num_steps}")
     if spacing == "leading":
-        steps = torch.arange(num_steps) * (num_train_steps // num_steps)
-    elif spacing == "trailing":
-        steps = torch.arange(num_train_steps, 0, -num_train_steps / num_steps).round().long().flip(0) - 1
+        steps = np.arange(num_steps) * (num_train_steps // num_steps)
+    elif spacing == "trailing":  # NumPy's arange can overshoot by one element (1000 over 61 steps): keep num_steps
+        steps = np.round(np.arange(num_train_steps, 0, -num_train_steps / num_steps))[:num_steps][::-1] - 1
     else:
-        steps = torch.linspace(0, num_train_steps - 1, num_steps).round().long()
-    return steps.flip(0).long()
+        steps = np.linspace(0, num_train_steps - 1, num_steps).round()
+    return torch.from_numpy(steps[::-1].astype(np.int64))
 
 
 def ddpm_step(schedule: NoiseSchedule, output: torch.Tensor, t: int, t_prev: int, x_t: torch.Tensor,

@@ -18,22 +18,22 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .core import History, _atomic_write, fit, to_pil
+from .core import History, StorytellerError, _atomic_write, fit, mistyped, to_pil
 from .diffusion import TextToImage, classifier_free_guidance, sample
 from .storyworld import (BACKGROUNDS, COLOURS, EN, POSITIONS, SHAPES, SIZES, X_CENTRE, Actor, AttributeJudge, Scene,
                                     StoryWorldDataset, actor_phrase, attributes_found, build_tokenizer, fact_scores,
                                     judge_predictions, render, scene_attributes, to_tensor)
 
 # %% auto #0
-__all__ = ['ALL_LINEAR', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'PEFT_PREFIX', 'CLIP_BASE', 'BLIP2_OPT', 'LoRALinear',
+__all__ = ['ALL_LINEAR', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'PEFT_PREFIX', 'CLIP_BASE', 'BLIP2_OPT', 'LoRALinear', 'picks',
            'find_lora_targets', 'lora_layers', 'mark_only_lora_trainable', 'inject_lora', 'count_parameters',
-           'merge_lora', 'unmerge_lora', 'lora_disabled', 'lora_state_dict', 'save_adapter', 'read_adapter_config',
-           'load_adapter', 'save_tiny_clip', 'save_tiny_blip2', 'load_pretrained', 'storyworld_pairs',
-           'processor_loader', 'hf_loss', 'clip_retrieval', 'clip_base_config', 'blip2_opt_config', 'meta_model',
-           'training_footprint', 'footprint_in_fresh_process', 'Character', 'solo_caption', 'character_caption',
-           'character_prompts', 'character_examples', 'character_loader', 'teach_character', 'character_scores',
-           'Region', 'region_masks', 'adapter_weights', 'adapter_swapper', 'generate_regions', 'duo_scenes',
-           'recognised_characters']
+           'merge_lora', 'unmerge_lora', 'lora_disabled', 'lora_state_dict', 'AdapterError', 'save_adapter',
+           'read_adapter_config', 'load_adapter', 'save_tiny_clip', 'save_tiny_blip2', 'load_pretrained',
+           'storyworld_pairs', 'processor_loader', 'hf_loss', 'clip_retrieval', 'clip_base_config', 'blip2_opt_config',
+           'meta_model', 'training_footprint', 'footprint_in_fresh_process', 'Character', 'solo_caption',
+           'character_caption', 'character_prompts', 'character_examples', 'character_loader', 'teach_character',
+           'character_scores', 'Region', 'region_masks', 'adapter_weights', 'adapter_swapper', 'generate_regions',
+           'duo_scenes', 'recognised_characters']
 
 # %% ../nbs/06_lora.ipynb #c5d48eb0
 class LoRALinear(nn.Module):
@@ -110,17 +110,23 @@ def _output_layer(model: nn.Module) -> nn.Module | None:
     return get() if callable(get) else None
 
 
-def find_lora_targets(model: nn.Module, target_modules: str | Sequence[str]) -> list[str]:
-    """Names of the modules `target_modules` picks: a list of names (a module matches when its name is one of them
-    or ends with '.' + one), a regular expression matching the whole name, or 'all-linear'."""
+def picks(name: str, modules: str | Sequence[str]) -> bool:
+    "Whether module `name` is among `modules`, as peft reads them: a regular expression matching the whole name, or a list of names (one of them, or a suffix after a '.')."
+    if isinstance(modules, str):
+        return re.fullmatch(modules, name) is not None
+    return any(name == m or name.endswith("." + m) for m in modules)
+
+
+def find_lora_targets(model: nn.Module, target_modules: str | Sequence[str],
+                      exclude_modules: str | Sequence[str] | None = None) -> list[str]:
+    """Names of the modules `target_modules` picks (names, a regular expression, or 'all-linear') and
+    `exclude_modules` does not (names or a regular expression), as peft picks them."""
     if target_modules == ALL_LINEAR:
         output = _output_layer(model)
         names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not output]
-    elif isinstance(target_modules, str):
-        names = [n for n, _ in model.named_modules() if n and re.fullmatch(target_modules, n)]
     else:
-        wanted = list(target_modules)
-        names = [n for n, _ in model.named_modules() if any(n == t or n.endswith("." + t) for t in wanted)]
+        names = [n for n, _ in model.named_modules() if n and picks(n, target_modules)]
+    names = [n for n in names if not (exclude_modules and picks(n, exclude_modules))]
     names = [n for n in names if not set(n.split(".")) & set(_LORA_PARTS)]  # never LoRA inside LoRA
     if not names:
         linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:6]
@@ -146,9 +152,10 @@ def mark_only_lora_trainable(model: nn.Module) -> nn.Module:
 
 
 def inject_lora(model: nn.Module, target_modules: str | Sequence[str] = ALL_LINEAR, r: int = 8, alpha: float = 8.0,
-                dropout: float = 0.0, use_rslora: bool = False) -> list[str]:
+                dropout: float = 0.0, use_rslora: bool = False,
+                exclude_modules: str | Sequence[str] | None = None) -> list[str]:
     "Swap the targeted `nn.Linear` layers (see `find_lora_targets`) for `LoRALinear`s in place, freeze the rest; return the names."
-    names = find_lora_targets(model, target_modules)
+    names = find_lora_targets(model, target_modules, exclude_modules)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -204,7 +211,20 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
 _SUPPORTED_ONLY = {"peft_type": "LORA", "bias": "none", "fan_in_fan_out": False, "use_dora": False, "rank_pattern": {},
-                "alpha_pattern": {}, "layers_to_transform": None, "modules_to_save": None}
+                "alpha_pattern": {}, "layers_to_transform": None, "modules_to_save": None, "lora_bias": False,
+                "use_qalora": False, "target_parameters": None, "layer_replication": None,
+                "trainable_token_indices": None, "alora_invocation_tokens": None, "use_bdlora": None,
+                "arrow_config": None, "kasa_config": None, "monteclora_config": None, "velora_config": None,
+                "megatron_config": None}  # fields that change what an adapter computes: only plain LoRA is read
+_MODULES = "a regular expression or a list of module names"
+
+
+class AdapterError(StorytellerError, ValueError):
+    "An adapter folder this library cannot load; the message names the file and the field."
+
+
+def _names_modules(value) -> bool:
+    return isinstance(value, str) or isinstance(value, list) and all(isinstance(m, str) for m in value)
 
 
 def _shared_settings(layers: dict[str, LoRALinear]) -> dict:
@@ -240,13 +260,25 @@ def read_adapter_config(directory: str | Path) -> dict:
     path = Path(directory) / ADAPTER_CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no adapter config here")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise AdapterError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise AdapterError(f"{path}: expected an object, got {type(config).__name__}")
     for key, supported in _SUPPORTED_ONLY.items():
-        if config.get(key) not in (supported, None):
-            raise ValueError(f"{path}: field {key!r} is {config[key]!r}; only {supported!r} is supported here")
+        value = config.get(key)
+        if not (value is None or value == supported or (not value and not supported)):
+            raise AdapterError(f"{path}: field {key!r} is {value!r}; only {supported!r} is supported here")
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in config:
-            raise ValueError(f"{path}: field {key!r} is missing")
+            raise AdapterError(f"{path}: field {key!r} is missing")
+    if type(config["r"]) is not int or config["r"] < 1 or mistyped(config["lora_alpha"], float):
+        raise AdapterError(f"{path}: fields 'r' and 'lora_alpha' must be a positive integer and a number, got "
+                           f"{config['r']!r} and {config['lora_alpha']!r}")
+    for key in ("target_modules", "exclude_modules"):
+        if config.get(key) is not None and not _names_modules(config[key]):
+            raise AdapterError(f"{path}: field {key!r} is {config[key]!r}; it must be {_MODULES}")
     return config
 
 
@@ -259,16 +291,16 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     layers = lora_layers(model)
     if not layers:
         inject_lora(model, config["target_modules"], config["r"], config["lora_alpha"],
-                    config.get("lora_dropout") or 0.0, bool(config.get("use_rslora")))
+                    config.get("lora_dropout") or 0.0, bool(config.get("use_rslora")), config.get("exclude_modules"))
         layers = lora_layers(model)
     rank = _shared_settings(layers)["r"]
     if rank != config["r"]:
-        raise ValueError(f"{directory}: field 'r' is {config['r']}, but the model's LoRA layers have rank {rank}")
+        raise AdapterError(f"{directory}: field 'r' is {config['r']}, but the model's LoRA layers have rank {rank}")
     tensors = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(Path(directory) / ADAPTER_WEIGHTS)).items()}
     expected = lora_state_dict(model)
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{directory}: the adapter does not fit this {type(model).__name__}: "
+        raise AdapterError(f"{directory}: the adapter does not fit this {type(model).__name__}: "
                          f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     for layer in layers.values():
         if layer.merged:

@@ -146,10 +146,12 @@ def read_config(path: str | Path) -> list[ModelSpec]:
     import yaml
 
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: no such config file") from e
+    except OSError as e:  # a folder, or no permission to read
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from e
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from e
     try:
@@ -160,6 +162,8 @@ def read_config(path: str | Path) -> list[ModelSpec]:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML: {getattr(e, 'problem', None) or 'unreadable'}{where}") from e
+    except (ValueError, RecursionError) as e:  # a number too long to read, nesting too deep to parse
+        raise ConfigError(f"{path}: cannot be read as a config ({str(e)[:120]})") from e
     return parse_config(data, str(path))
 
 # %% ../nbs/07b_manager.ipynb #e8fd838c

@@ -105,7 +105,7 @@ class VectorQuantizer(nn.Module):
             n = self.cluster_size.sum()
             smoothed = (self.cluster_size + self.eps) / (n + self.num_codes * self.eps) * n
             self.codebook.copy_(self._prepare(self.embed_sum / smoothed[:, None]))
-        dead = self.cluster_size < self.dead_code_threshold
+        dead = (self.cluster_size < self.dead_code_threshold) & (counts == 0)  # rare *and* unused in this batch
         if dead.any():
             fresh = flat[torch.randint(len(flat), (int(dead.sum()),), device=flat.device)]
             self.codebook.data[dead] = fresh
@@ -123,10 +123,9 @@ class VectorQuantizer(nn.Module):
             codebook = self.codebook.float()
             indices = nearest_code(flat.detach(), codebook, self.chunk_size)
             counts = torch.bincount(indices, minlength=self.num_codes).float()
+            z_q = codebook[indices].view_as(z32)  # the matched codes, before this step's update (a copy)
             if self.training:
                 self._update_statistics(flat.detach(), indices, counts)
-                codebook = self.codebook.float()
-            z_q = codebook[indices].view_as(z32)
             commitment = F.mse_loss(z32, z_q.detach())
             codebook_loss = torch.zeros_like(commitment) if self.ema else F.mse_loss(z_q, z32.detach())
             z_st = z32 + (z_q - z32).detach()

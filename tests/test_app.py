@@ -81,8 +81,12 @@ def test_a_failed_save_leaves_the_old_story_whole(tmp_path, monkeypatch):
     changed = sample_story()
     changed.scenes[0].text = "A different opening."
     calls = iter(range(100))
-    real = app.png_bytes
-    monkeypatch.setattr(app, "png_bytes", lambda im: real(im) if next(calls) < 2 else (_ for _ in ()).throw(OSError("disk full")))
+    real = app.Path.write_bytes
+    def write_bytes(path, data):  # the disk fills up on the third file
+        if next(calls) >= 2:
+            raise OSError("disk full")
+        return real(path, data)
+    monkeypatch.setattr(app.Path, "write_bytes", write_bytes)
     with pytest.raises(StoryError, match=r"cannot write the story \(disk full\)"):  # the user's error, in one line
         save_story(changed, folder)
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == saved

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from storyteller.diffusion import NoiseSchedule, sample
+from storyteller.diffusion import NoiseSchedule, sample, sampling_timesteps
 
 SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 SHAPE = (2, 3, 8, 8)
@@ -105,6 +105,21 @@ def test_clipped_x0_matches_diffusers_clip_sample(sampler):
     got = sample(model, SHAPE, ours, sampler=sampler, steps=steps, clip_sample=1.0,
                  generator=torch.Generator().manual_seed(5))
     assert (got - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("num_train_steps", [1000, 777])
+def test_sampling_timesteps_match_diffusers_for_every_step_count(spacing, num_train_steps):
+    "Every step count from 1 to the training length gives diffusers' timesteps exactly (float32 arithmetic missed by one)."
+    from diffusers import DDIMScheduler
+
+    ref = DDIMScheduler(num_train_timesteps=num_train_steps, timestep_spacing=spacing)
+    for steps in range(1, num_train_steps + 1):
+        ref.set_timesteps(steps)
+        ours = sampling_timesteps(num_train_steps, steps, spacing)
+        assert len(ours) == steps and ours.min() >= 0, steps
+        # diffusers' trailing list can overshoot by one element, a timestep of -1 (1000 over 61 steps): compare the rest
+        assert torch.equal(ours, ref.timesteps[:steps].long()), (spacing, steps)
 
 
 @pytest.mark.parametrize("call, argument", [

@@ -122,6 +122,24 @@ def test_adapter_files_load_both_ways(clip, clip_inputs, tmp_path):
         assert (loaded(**clip_inputs).logits_per_image - expected).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("exclude", [["text_model.encoder.layers.0.self_attn.q_proj"], r".*vision_model.*"])
+def test_peft_adapters_with_excluded_modules_load(clip, clip_inputs, tmp_path, exclude):
+    "An adapter peft wrote with `exclude_modules` loads into the layers peft adapted, and computes what peft computes."
+    theirs = peft.get_peft_model(copy.deepcopy(clip), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                                       exclude_modules=exclude))
+    torch.manual_seed(2)
+    for name, module in theirs.named_modules():
+        if isinstance(module, nn.Linear) and name.endswith("lora_B.default"):
+            nn.init.normal_(module.weight, std=0.1)
+    theirs.save_pretrained(tmp_path / "peft")
+    ours = load_adapter(copy.deepcopy(clip), tmp_path / "peft")
+    adapted = {n.removeprefix(PEFT_PREFIX) for n, m in theirs.named_modules() if hasattr(m, "lora_A") and n}
+    assert set(lora_layers(ours)) == adapted and len(adapted) < len(find_lora_targets(clip, ["q_proj", "v_proj"]))
+    with torch.no_grad():
+        expected = theirs.eval()(**clip_inputs).logits_per_image
+        assert (ours.eval()(**clip_inputs).logits_per_image - expected).abs().max() <= 1e-6
+
+
 def test_all_linear_picks_what_peft_picks(tmp_path):
     from transformers import Blip2ForConditionalGeneration
     model = Blip2ForConditionalGeneration.from_pretrained(save_tiny_blip2(tmp_path / "blip2"))

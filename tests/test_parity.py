@@ -88,7 +88,7 @@ def test_padded_context_does_not_change_the_fused_output():
 
 @pytest.mark.parametrize("decay", [0.8, 0.99])
 def test_ema_codebook_matches_vector_quantize_pytorch(decay):
-    "Same codebook, same batch: the same nearest codes, and the same EMA statistics and codebook after the update."
+    "Same codebook, same batch: the same nearest codes and output, and the same EMA statistics and codebook after the update."
     from vector_quantize_pytorch import VectorQuantize
 
     from storyteller.vqvae import VectorQuantizer
@@ -103,9 +103,10 @@ def test_ema_codebook_matches_vector_quantize_pytorch(decay):
         theirs._codebook.cluster_size.copy_(ours.cluster_size[None])
     for _ in range(3):  # a few updates, so the statistics diverge from their start
         z = torch.randn(4, 8, 6, 6)
-        _, their_indices, _ = theirs(z)
+        their_output, their_indices, _ = theirs(z)
         out = ours(z)
         assert torch.equal(out.indices, their_indices)
+        torch.testing.assert_close(out.z_q, their_output)  # the codes matched, from before this step's update
         torch.testing.assert_close(ours.cluster_size, theirs._codebook.cluster_size[0])
         torch.testing.assert_close(ours.embed_sum, theirs._codebook.embed_avg[0])
         torch.testing.assert_close(ours.codebook, theirs._codebook.embed[0])
