@@ -22,6 +22,10 @@ import torch
 from torch import nn
 
 PACKAGE_DIR = Path(importlib.util.find_spec("storyteller").origin).parent  # also right inside the notebooks
+# With the `kernels` package installed, transformers (5.2x on) swaps layers for kernels fetched from the Hub when a
+# model loads or changes mode: code downloaded at run time, and numbers other than the book's. The book runs the
+# layers as written; set USE_HUB_KERNELS=YES before importing storyteller to opt in.
+os.environ.setdefault("USE_HUB_KERNELS", "NO")
 
 # %% auto #0
 __all__ = ['PACKAGE_DIR', 'PROFILES', 'RECIPES', 'RECIPE_MODULES', 'SHIPPED_DIR', 'StorytellerError', 'ConfigError', 'get_device',

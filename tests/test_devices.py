@@ -184,4 +184,11 @@ def test_the_storyteller_tells_a_story_on_a_device(tmp_path):
     on_cpu = tell(torch.device("cpu"))
     with StandInDevice():
         story = tell(DEVICE)
-    assert story == on_cpu
+    from storyteller.app import story_record
+    assert story_record(story) == story_record(on_cpu)  # every text, name, question and answer, exactly
+    pictures = lambda s: [c.image for c in s.characters.values()] + [scene.image for scene in s.scenes]
+    for mine, cpu in zip(pictures(story), pictures(on_cpu), strict=True):
+        assert (mine is None) == (cpu is None)
+        if cpu is not None:  # the same picture, to rounding: float sums in another order may tip a value by one
+            diff = (torch.tensor(list(mine.tobytes())) - torch.tensor(list(cpu.tobytes()))).abs()
+            assert mine.size == cpu.size and diff.max() <= 1 and (diff > 0).float().mean() < 0.01

@@ -177,3 +177,9 @@ def test_lora_linear_rejects_a_second_merge_and_keeps_base_frozen():
     layer.merge()
     with pytest.raises(RuntimeError, match="already merged"):
         layer.merge()
+
+
+def test_models_load_without_hub_kernels(clip):
+    "Importing storyteller keeps transformers from swapping in kernels fetched from the Hub (USE_HUB_KERNELS=NO)."
+    import os
+    assert os.environ["USE_HUB_KERNELS"] == "NO" and not getattr(clip, "use_kernels", False)
