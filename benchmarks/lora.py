@@ -19,8 +19,9 @@ import tempfile
 import torch
 from torch import nn
 
-from storyteller.lora import (PEFT_PREFIX, inject_lora, lora_layers, lora_state_dict, merge_lora, save_tiny_clip,
-                              storyworld_pairs, processor_loader)
+from storyteller.lora import (PEFT_PREFIX, inject_lora, lora_layers, lora_state_dict, merge_lora, storyworld_pairs,
+                              processor_loader)
+from storyteller.tiny import save_tiny_clip
 from timing import paired_median_seconds
 
 

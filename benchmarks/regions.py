@@ -18,7 +18,7 @@ from storyteller.app import CharacterIllustrator
 from storyteller.core import load_shipped
 from storyteller.storyworld import Actor, Scene, caption
 
-PIP, LUNA = lora.Character("Pip", "star", "orange", "big"), lora.Character("Luna", "triangle", "pink", "small")
+PIP, LUNA = lora.CharacterLook("Pip", "star", "orange", "big"), lora.CharacterLook("Luna", "triangle", "pink", "small")
 
 
 def unnamed(scene: Scene) -> Scene:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import random
-import re
 import threading
 import zlib
 from enum import Enum
@@ -12,23 +11,21 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from .core import SHIPPED_DIR, StorytellerError, load_from, load_shipped, to_pil
+from .foundations import l2_normalize
 from .storyworld import (BACKGROUNDS, COLOURS, EN, NAMES, POSITIONS, SHAPES, SIZES, ZH, Actor, Scene,
-                                    actor_phrase, build_tokenizer, caption, to_tensor)
+                                    actor_phrase, build_tokenizer, caption, to_tensor, word_pattern)
 
 # %% auto #0
-__all__ = ['CAPTION_STYLES', 'CAPTION_PROMPTS', 'DTYPES', 'QUANTIZATIONS', 'GENERATION_BATCH', 'LLAVA_TEMPLATE', 'QWEN_TEMPLATE',
-           'QWEN_SPECIAL', 'PROMPT_WORDS', 'ImageInput', 'QUESTION_KINDS', 'STORY_OPENING', 'STORY_TEMPLATES',
-           'Capability', 'UnsupportedCapability', 'l2_normalize', 'MultimodalModel', 'from_pretrained_kwargs',
-           'load_hf', 'HFAdapter', 'CLIPAdapter', 'save_tiny_blip2_retrieval', 'trim_prompts', 'BLIP2Adapter',
-           'word_tokenizer', 'save_tiny_llava', 'save_tiny_qwen_vl', 'ChatVLMAdapter', 'LLaVAAdapter', 'QwenVLAdapter',
-           'is_chinese', 'MiniCLIPAdapter', 'IllustratorAdapter', 'question_kind', 'describe_scene', 'answer_about',
-           'read_scenes', 'DescriberAdapter', 'named_word', 'story_cast', 'plan_story', 'write_paragraph',
-           'StoryWriterAdapter']
+__all__ = ['CAPTION_STYLES', 'CAPTION_PROMPTS', 'DTYPES', 'QUANTIZATIONS', 'GENERATION_BATCH', 'ImageInput', 'QUESTION_KINDS',
+           'STORY_OPENING', 'STORY_TEMPLATES', 'Capability', 'UnsupportedCapability', 'MultimodalModel',
+           'from_pretrained_kwargs', 'load_hf', 'HFAdapter', 'CLIPAdapter', 'trim_prompts', 'BLIP2Adapter',
+           'ChatVLMAdapter', 'LLaVAAdapter', 'QwenVLAdapter', 'own_model', 'image_batch', 'is_chinese',
+           'MiniCLIPAdapter', 'IllustratorAdapter', 'question_kind', 'describe_scene', 'answer_about', 'read_scenes',
+           'DescriberAdapter', 'named_word', 'story_cast', 'plan_story', 'write_paragraph', 'StoryWriterAdapter']
 
 # %% ../nbs/07_integration.ipynb #25bddaa1
 class Capability(str, Enum):
@@ -58,11 +55,6 @@ CAPTION_PROMPTS = {  # what a chat model is asked for each caption style
            "story": "Tell a one-sentence story for children about this picture."},
     "zh": {"detailed": "请详细描述这张图片。", "short": "用一句话描述这张图片。", "story": "用一句话为孩子们讲一个关于这张图片的故事。"},
 }
-
-
-def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    "Rows scaled to unit length, in float32: the form every embedding of the interface takes."
-    return F.normalize(x.float(), dim=-1)
 
 
 class MultimodalModel:
@@ -218,36 +210,15 @@ class CLIPAdapter(HFAdapter):
     def encode_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
         _require_items(images, "images")
         inputs = self._to_model(self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt"))
-        return l2_normalize(self.model.get_image_features(**inputs).pooler_output).cpu()
+        return l2_normalize(self.model.get_image_features(**inputs).pooler_output.float()).cpu()
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         _require_items(texts, "texts")
         inputs = self._to_model(self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True))
-        return l2_normalize(self.model.get_text_features(**inputs).pooler_output).cpu()
+        return l2_normalize(self.model.get_text_features(**inputs).pooler_output.float()).cpu()
 
 # %% ../nbs/07_integration.ipynb #4c3fd143
-def save_tiny_blip2_retrieval(directory: str | Path, width: int = 32, image_size: int = 32, num_query_tokens: int = 4,
-                              seed: int = 0) -> Path:
-    """Write a random-weight `Blip2ForImageTextRetrieval` (ViT and a Q-Former that reads text; no language model) and
-    its `Blip2Processor` on StoryWorld's tokenizer ([CLS] first, right padding) to `directory`."""
-    from transformers import Blip2Config, Blip2ForImageTextRetrieval, Blip2Processor, BlipImageProcessor
-
-    from storyteller.lora import _storyworld_tokenizer, _tiny_vision  # chapter 6's tiny BLIP-2 parts
-
-    tokenizer = _storyworld_tokenizer(image_token="<image>")
-    qformer = {"vocab_size": len(tokenizer), "hidden_size": width, "num_hidden_layers": 2, "num_attention_heads": 4,
-               "intermediate_size": 2 * width, "encoder_hidden_size": width, "max_position_embeddings": 64,
-               "pad_token_id": tokenizer.pad_token_id, "use_qformer_text_input": True}
-    config = Blip2Config(vision_config=_tiny_vision(image_size, width), qformer_config=qformer,
-                         num_query_tokens=num_query_tokens, image_text_hidden_size=16, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(seed)
-    Blip2ForImageTextRetrieval(config).save_pretrained(directory)
-    images = BlipImageProcessor(size={"height": image_size, "width": image_size})
-    Blip2Processor(image_processor=images, tokenizer=tokenizer, num_query_tokens=num_query_tokens).save_pretrained(directory)
-    return Path(directory)
-
-
 def trim_prompts(input_ids: torch.Tensor, generated: torch.Tensor) -> list[torch.Tensor]:
     "The new tokens of each row: `generate` returns prompt + continuation, and left padding aligns every prompt's end."
     return [out[len(prompt):] for prompt, out in zip(input_ids, generated)]
@@ -321,123 +292,7 @@ class BLIP2Adapter(HFAdapter):
 
     def encode_text(self, texts):
         blank = [Image.new("RGB", (8, 8))]  # the head embeds images and texts in one call; the texts' side is ours
-        return l2_normalize(self._itc(blank, texts).text_embeds).cpu()
-
-# %% ../nbs/07_integration.ipynb #84142ea1
-LLAVA_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}"
-    "{% endfor %}{% endif %}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
-QWEN_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                "<|image_pad|>", "<|video_pad|>"]
-PROMPT_WORDS = ("a the of in on and is are what which where colour color shape size position background this "
-                "there picture image describe tell story one short sentence for children about detail question "
-                "answer user assistant system you helpful").split()
-
-
-def word_tokenizer(special: Sequence[str], chat_template: str, pad: str, eos: str, bos: str | None = None,
-                   extra_special: Sequence[str] = ()):
-    """A word-level fast tokenizer over StoryWorld's words and a few prompt words: lowercase, split at spaces and
-    punctuation, padding on the left. `special` tokens come first; pad/eos/bos and `extra_special` are registered as
-    special, so `skip_special_tokens` drops them."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    words = [*PROMPT_WORDS, *BACKGROUNDS, *SHAPES, *COLOURS, *SIZES, *POSITIONS, "left", "right", "centre"]
-    vocab = {t: i for i, t in enumerate(dict.fromkeys([*special, "<unk>", *words, ":", "?", ".", ","]))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    if bos is not None:  # as Llama's tokenizer: "<s> text"
-        backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                               special_tokens=[(bos, vocab[bos])])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=pad, unk_token="<unk>", bos_token=bos,
-                                   eos_token=eos, extra_special_tokens=list(extra_special), padding_side="left",
-                                   chat_template=chat_template)
-
-
-def _save_with_generation_ids(model: nn.Module, tokenizer, directory: str | Path) -> None:
-    "Save `model` with pad/eos/bos in its generation config, so that `generate` needs no extra arguments."
-    g = model.generation_config
-    g.pad_token_id, g.eos_token_id, g.bos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id
-    model.save_pretrained(directory)
-
-
-def save_tiny_llava(directory: str | Path, width: int = 32, image_size: int = 32, patch_size: int = 8,
-                    seed: int = 0) -> Path:
-    "Write a random-weight `LlavaForConditionalGeneration` (CLIP vision tower, Llama) and its `LlavaProcessor`."
-    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-
-    tokenizer = word_tokenizer(["<pad>", "<s>", "</s>", "<image>"], LLAVA_TEMPLATE, pad="<pad>", eos="</s>", bos="<s>",
-                               extra_special=["<image>"])
-    vision = {"model_type": "clip_vision_model", "image_size": image_size, "patch_size": patch_size,
-              "hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 2, "num_attention_heads": 4}
-    text = {"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": width, "intermediate_size": 2 * width,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
-            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id}
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=(image_size // patch_size) ** 2, vision_feature_select_strategy="default",
-                         vision_feature_layer=-2)
-    torch.manual_seed(seed)
-    _save_with_generation_ids(LlavaForConditionalGeneration(config), tokenizer, directory)
-    images = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=image_size)
-    # the vision tower sees CLS + patches; the "default" strategy drops CLS: one <image> token per patch
-    LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=patch_size, num_additional_image_tokens=1,
-                   vision_feature_select_strategy="default", chat_template=LLAVA_TEMPLATE).save_pretrained(directory)
-    return Path(directory)
-
-
-def save_tiny_qwen_vl(directory: str | Path, version: str = "2", width: int = 32, seed: int = 0) -> Path:
-    """Write a random-weight Qwen2-VL (`version="2"`) or Qwen2.5-VL (`"2.5"`) model of the native class and its
-    processor. The image processor's `size` holds pixel counts: at least 56², at most 112² pixels per image."""
-    import transformers
-
-    if version not in ("2", "2.5"):
-        raise ValueError(f"version must be '2' or '2.5', got {version!r}")
-    prefix = "Qwen2VL" if version == "2" else "Qwen2_5_VL"
-    tokenizer = word_tokenizer(QWEN_SPECIAL, QWEN_TEMPLATE, pad="<|endoftext|>", eos="<|im_end|>",
-                               extra_special=[t for t in QWEN_SPECIAL if t not in ("<|endoftext|>", "<|im_end|>")])
-    ids = tokenizer.convert_tokens_to_ids
-    text = {"vocab_size": len(tokenizer), "hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
-            # M-RoPE: the (time, height, width) sections sum to head_dim / 2 = 4
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 1, 1]},
-            "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-    vision = {"depth": 2, "hidden_size": width, "num_heads": 4, "patch_size": 14, "spatial_merge_size": 2,
-              "temporal_patch_size": 2}
-    vision |= ({"embed_dim": width, "mlp_ratio": 2} if version == "2" else
-               {"intermediate_size": 2 * width, "out_hidden_size": width, "window_size": 56, "fullatt_block_indexes": [1]})
-    config = getattr(transformers, f"{prefix}Config")(
-        text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
-    torch.manual_seed(seed)
-    _save_with_generation_ids(getattr(transformers, f"{prefix}ForConditionalGeneration")(config), tokenizer, directory)
-    size = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
-    common = {"size": size, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2}
-    getattr(transformers, f"{prefix}Processor")(
-        image_processor=transformers.Qwen2VLImageProcessor(**common), tokenizer=tokenizer,
-        video_processor=transformers.Qwen2VLVideoProcessor(**common), chat_template=QWEN_TEMPLATE).save_pretrained(directory)
-    return Path(directory)
+        return l2_normalize(self._itc(blank, texts).text_embeds.float()).cpu()
 
 # %% ../nbs/07_integration.ipynb #86686442
 ImageInput = Image.Image | Sequence[Image.Image] | None  # one image, several (where allowed), or none
@@ -545,7 +400,7 @@ class QwenVLAdapter(ChatVLMAdapter):
         super().__init__(path, processor_kwargs=size, **kwargs)
 
 # %% ../nbs/07_integration.ipynb #b02564c5
-def _own_model(recipe: str, model: nn.Module | None, checkpoint: str | Path | None) -> tuple[nn.Module, str]:
+def own_model(recipe: str, model: nn.Module | None, checkpoint: str | Path | None) -> tuple[nn.Module, str]:
     """The given model, else the reader's checkpoint of `recipe`, else the one shipped with the package; and a
     fingerprint of the weights (the checkpoint's path, size and time; an object id for a model given directly)."""
     if model is not None:
@@ -556,7 +411,7 @@ def _own_model(recipe: str, model: nn.Module | None, checkpoint: str | Path | No
     return (load_from(recipe, checkpoint) if checkpoint else load_shipped(recipe))[0], fingerprint
 
 
-def _pixels(images: Sequence[Image.Image], size: int = 32) -> torch.Tensor:
+def image_batch(images: Sequence[Image.Image], size: int = 32) -> torch.Tensor:
     "PIL images as a `(N, 3, size, size)` batch in [0, 1]: what the book's models take."
     return torch.stack([to_tensor(im.convert("RGB").resize((size, size), Image.BICUBIC)) for im in images])
 
@@ -575,13 +430,13 @@ class MiniCLIPAdapter(MultimodalModel):
                  device: str = "cpu"):
         from storyteller.foundations import embed_images, embed_texts
         self.name, self._embed_images, self._embed_texts = name, embed_images, embed_texts
-        model, self.fingerprint = _own_model("miniclip", model, checkpoint)
+        model, self.fingerprint = own_model("miniclip", model, checkpoint)
         self.model = model.to(device)
         self.tokenizer = build_tokenizer()
 
     def encode_image(self, images):
         _require_items(images, "images")
-        return l2_normalize(self._embed_images(self.model, _pixels(images)))
+        return l2_normalize(self._embed_images(self.model, image_batch(images)))
 
     def encode_text(self, texts):
         _require_items(texts, "texts")
@@ -600,7 +455,7 @@ class IllustratorAdapter(MultimodalModel):
                  known_words_only: bool = True, device: str = "cpu"):
         self.name, self.steps, self.guidance_scale, self.seed = name, steps, guidance_scale, seed
         self.known_words_only = known_words_only
-        model, self.fingerprint = _own_model(recipe, model, checkpoint)
+        model, self.fingerprint = own_model(recipe, model, checkpoint)
         self.model = model.to(device)
 
     def known_words(self, prompt: str) -> str:
@@ -702,13 +557,13 @@ class DescriberAdapter(MultimodalModel):
 
     def __init__(self, model: nn.Module | None = None, checkpoint: str | Path | None = None, name: str = "describer",
                  device: str = "cpu"):
-        judge, self.fingerprint = _own_model("judge", model, checkpoint)
+        judge, self.fingerprint = own_model("judge", model, checkpoint)
         self.name, self.judge = name, judge.to(device)
 
     def scenes(self, images: Sequence[Image.Image]) -> list[Scene]:
         "The scene the judge reads in each picture."
         _require_items(images, "images")
-        return read_scenes(self.judge, _pixels(images))
+        return read_scenes(self.judge, image_batch(images))
 
     def caption(self, images, style="detailed", language="en", max_new_tokens=60):
         self.require(Capability.CAPTIONING, language)
@@ -733,15 +588,14 @@ STORY_TEMPLATES = {  # opening, middle scenes (cycled), ending; {A} the hero, {F
 def named_word(text: str, field: str, words: Sequence[str]) -> str | None:
     """The first of a field's words that `text` names, if any: in English as a whole word ("red" is not in "tired"),
     or in Chinese through `ZH`."""
-    return next((w for w in words if re.search(rf"(?<![A-Za-z]){re.escape(w)}(?![A-Za-z])", text, re.IGNORECASE)
-                 or ZH[field][w] in text), None)
+    return next((w for w in words if word_pattern(w, ZH[field][w]).search(text)), None)
 
 
 def story_cast(prompt: str, rng: random.Random) -> list[Actor]:
     """The characters a prompt asks for, in the order it names them (at most two): each name with the shape, colour
     and size named between it and the next name, the rest drawn. Without a name, one hero with a drawn name."""
     found = sorted((m.start(), m.end(), name) for name in NAMES
-                   for m in re.finditer(rf"\b{re.escape(name)}\b|{re.escape(ZH['name'][name])}", prompt, re.IGNORECASE))
+                   for m in word_pattern(name, ZH["name"][name]).finditer(prompt))
     spans = [(name, prompt[end:(found[i + 1][0] if i + 1 < len(found) else len(prompt))])
              for i, (_, end, name) in enumerate(found)]
     spans = list({name: clause for name, clause in reversed(spans)}.items())[::-1][:2] or [(rng.choice(NAMES), prompt)]

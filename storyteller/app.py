@@ -375,11 +375,10 @@ from dataclasses import asdict
 import torch
 
 from . import lora
-from .adapters import IllustratorAdapter, _own_model, named_word
+from .adapters import IllustratorAdapter, own_model, named_word
 from .core import SHIPPED_DIR, git_commit, hardware, read_provenance, storyteller_home, to_pil, versions
-from .manager import (GPU_CONFIG, OFFLINE_CONFIG, ModelType, _own_kwargs, estimate_own_bytes,
-                                 register_model_type)
-from .storyworld import COLOURS, NAMES, SHAPES, SIZES, ZH, Actor, Scene, caption
+from .manager import GPU_CONFIG, OFFLINE_CONFIG
+from .storyworld import COLOURS, NAMES, SHAPES, SIZES, ZH, Actor, Scene, caption, word_pattern
 
 SHIPPED_CHARACTERS = SHIPPED_DIR / "characters"  # adapters of the demo's characters for the shipped U-Net
 
@@ -392,9 +391,8 @@ def look_words(description: str) -> dict[str, str]:
 
 def name_at(name: str, text: str) -> int | None:
     "Where `text` first names character `name` (as a whole word, or by its Chinese StoryWorld name), if it does."
-    hits = [m.start() for m in (re.search(rf"(?<![A-Za-z]){re.escape(name)}(?![A-Za-z])", text),
-                                re.search(re.escape(ZH["name"].get(name, "\0")), text)) if m]
-    return min(hits) if hits else None
+    found = word_pattern(name, *([ZH["name"][name]] if name in ZH["name"] else [])).search(text)
+    return found.start() if found else None
 
 
 PLACES = {"en": {"night sky": "night", "blue sky": "sky", "sky": "sky", "meadow": "meadow", "desert": "desert",
@@ -404,12 +402,9 @@ SPOTS = {"en": {"left": "left", "centre": "centre", "center": "centre", "right":
          "zh": {word: key for key, word in ZH["position"].items()}}
 
 
-def first_word(text: str, table: dict[str, str], language: str) -> str | None:
-    "The value of the first key of `table` that `text` names (longest keys first; English keys as whole words)."
-    pattern = "|".join(sorted(map(re.escape, table), key=len, reverse=True))
-    if language == "en":
-        pattern = rf"(?<![A-Za-z])(?:{pattern})(?![A-Za-z])"
-    found = re.search(pattern, text, re.IGNORECASE)
+def first_word(text: str, table: dict[str, str]) -> str | None:
+    "The value of the first key of `table` that `text` names (`word_pattern`'s rule)."
+    found = word_pattern(*table).search(text)
     return table[found.group(0).lower()] if found else None
 
 
@@ -425,14 +420,14 @@ def storyworld_name(name: str, required: bool = True) -> str | None:
                      f"({', '.join(NAMES)}, or their Chinese forms)")
 
 
-def character_look(name: str, description: str) -> lora.Character:
+def character_look(name: str, description: str) -> lora.CharacterLook:
     "The look an adapter teaches for character `name`, read from its description; it must name a shape, colour and size."
     look = look_words(description)
     missing = [f for f in ("shape", "colour", "size") if f not in look]
     if missing:
         raise StoryError(f"character {name!r}: its description {description!r} names no {' and no '.join(missing)}, "
                          "so there is no look to teach")
-    return lora.Character(storyworld_name(name), look["shape"], look["colour"], look["size"])
+    return lora.CharacterLook(storyworld_name(name), look["shape"], look["colour"], look["size"])
 
 
 class CharacterIllustrator(IllustratorAdapter):
@@ -456,11 +451,11 @@ class CharacterIllustrator(IllustratorAdapter):
         lora.read_adapter_config(folder)
         self.adapters[storyworld_name(name)] = Path(folder)
 
-    def adapter_name(self, character: lora.Character, steps: int, n_pairs: int) -> str:
+    def adapter_name(self, character: lora.CharacterLook, steps: int, n_pairs: int) -> str:
         "The folder name of an adapter: the character, its look, how it was trained and the base model it fits."
         return f"{character.name}-{character.size}-{character.colour}-{character.shape}-{steps}-{n_pairs}pairs-{self.base}"
 
-    def learn(self, character: lora.Character, steps: int = 150, n_pairs: int = 32, progress: bool = True) -> Path:
+    def learn(self, character: lora.CharacterLook, steps: int = 150, n_pairs: int = 32, progress: bool = True) -> Path:
         """The adapter for `character` — shipped, cached in STORYTELLER_HOME, or else trained now on a fresh copy of the
         base model (32 pictures of it alone, `n_pairs` beside another actor) and cached — put to use for its name.
         Returns its folder."""
@@ -471,7 +466,7 @@ class CharacterIllustrator(IllustratorAdapter):
         if found:
             folder = found[0]
         else:
-            base = _own_model(self.recipe, None, self.checkpoint)[0]
+            base = own_model(self.recipe, None, self.checkpoint)[0]
             history = lora.teach_character(base, character, steps=steps, progress=progress, n_pairs=n_pairs)
             folder = lora.save_adapter(base.denoiser, storyteller_home() / "characters" / name, f"storyteller {self.base}")
             provenance = {"character": asdict(character), "steps": steps, "n_pairs": n_pairs, "base": self.base,
@@ -498,14 +493,14 @@ class CharacterIllustrator(IllustratorAdapter):
         one per character, captioned alone: by its look where the prompt gives it, drawn by the base model (chapter 6:
         look words draw a character at least as well without its adapter), else by its name, drawn with its adapter.
         None for any other prompt."""
-        background = first_word(prompt, PLACES["en"], "en")
+        background = first_word(prompt, PLACES["en"])
         found = sorted((at, name) for name in self.adapters if (at := name_at(name, prompt)) is not None)
         if background is None or len(found) < 2:
             return None
         regions: list[lora.Region] = []
         for (at, name), end in zip(found, [at for at, _ in found[1:]] + [len(prompt)]):
             said = prompt[at:end]  # from the name to the next character's: its look and its place
-            spot, look = first_word(said, SPOTS["en"], "en"), look_words(said)
+            spot, look = first_word(said, SPOTS["en"]), look_words(said)
             if spot is None or spot in [r.position for r in regions]:
                 return None
             if len(look) == 3:
@@ -539,14 +534,6 @@ class CharacterIllustrator(IllustratorAdapter):
         return images
 
 
-register_model_type(ModelType(
-    "character-illustrator", lambda s: CharacterIllustrator(**s.options, **_own_kwargs(s)),
-    lambda s: estimate_own_bytes(s, s.options.get("recipe", "unet")), lambda s: CharacterIllustrator.capabilities,
-    languages=CharacterIllustrator.languages, needs_path=False,
-    options={"recipe": str, "characters": dict, "steps": int, "guidance_scale": float, "seed": int,
-             "known_words_only": bool}))
-
-
 def _with_illustrator(config: dict, illustrator: dict, drop: tuple[str, ...] = ()) -> dict:
     "`config` with its illustrator replaced and the models named in `drop` left out."
     return {"models": [m for m in config["models"] if m["name"] not in ("illustrator", *drop)] + [illustrator]}
@@ -559,7 +546,7 @@ APP_GPU_CONFIG = _with_illustrator(GPU_CONFIG, {"name": "illustrator", "type": "
 import random
 import zlib
 
-from .adapters import Capability, is_chinese, named_word, story_cast
+from .adapters import Capability, is_chinese, story_cast
 from .storyworld import POSITIONS, actor_phrase
 from .manager import ModelManager, TaskCoordinator
 
@@ -580,7 +567,7 @@ def paragraph_scene(text: str, characters: dict[str, Character], language: str =
     """The StoryWorld scene a paragraph tells of: the first background it names and the first two of `characters` it
     names, each with its look and the position named after it (else a free one). None when it names no background
     or no character, or a character's description has no full StoryWorld look."""
-    background = first_word(text, PLACES[language], language)
+    background = first_word(text, PLACES[language])
     found = sorted((at, name) for name in characters if (at := name_at(name, text)) is not None)[:2]
     if background is None or not found:
         return None
@@ -590,7 +577,7 @@ def paragraph_scene(text: str, characters: dict[str, Character], language: str =
         if len(look) < 3:
             return None
         looks.append(look)
-        spot = first_word(text[at:found[i + 1][0] if i + 1 < len(found) else len(text)], SPOTS[language], language)
+        spot = first_word(text[at:found[i + 1][0] if i + 1 < len(found) else len(text)], SPOTS[language])
         spots.append(spot if spot not in spots else None)
     free = [p for p in (["centre"] if len(found) == 1 else ["left", "right", "centre"]) + list(POSITIONS) if p not in spots]
     spots = [spot or free.pop(0) for spot in spots]
@@ -833,7 +820,7 @@ class StorytellerAI:
         return self.story
 
 # %% ../nbs/08_storyteller.ipynb #111240f7
-from .adapters import _pixels, read_scenes
+from .adapters import image_batch, read_scenes
 
 
 def character_consistency(story: Story, judge) -> dict[str, float]:
@@ -843,7 +830,7 @@ def character_consistency(story: Story, judge) -> dict[str, float]:
     scenes = [s for s in story.scenes if s.image is not None and s.characters]
     if not scenes:
         return {}
-    read = read_scenes(judge, _pixels([s.image for s in scenes]))
+    read = read_scenes(judge, image_batch([s.image for s in scenes]))
     for scene, seen in zip(scenes, read):
         for name in scene.characters:
             look = look_words(story.characters[name].description)

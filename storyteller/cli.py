@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .core import (PROFILES, RECIPES, SHIPPED_DIR, ConfigError, StorytellerError, describe_provenance,
+from .core import (PROFILES, SHIPPED_DIR, ConfigError, StorytellerError, describe_provenance,
                               get_profile, get_recipe, read_provenance, resolve_config, storyteller_home,
                               train_model)
 
@@ -84,7 +84,8 @@ def _train(args: argparse.Namespace) -> str:
 
 def _list() -> str:
     "Run `storyteller list`; return the table."
-    get_recipe(next(iter(RECIPES), "judge"))  # imports the chapter modules that register recipes
+    from storyteller.recipes import RECIPES
+
     lines = []
     for name, recipe in sorted(RECIPES.items()):
         shipped = SHIPPED_DIR / f"{name}.safetensors"
@@ -145,7 +146,6 @@ def _tell(args: argparse.Namespace) -> str:
 
 def _models(args: argparse.Namespace) -> str:
     "Run `storyteller models`: each model of a config with its type, source, capabilities and languages."
-    import storyteller.app  # noqa: F401  (registers the app's model types, such as character-illustrator)
     from storyteller.manager import MODEL_TYPES, read_config
 
     lines = []

@@ -28,10 +28,10 @@ PACKAGE_DIR = Path(importlib.util.find_spec("storyteller").origin).parent  # als
 os.environ.setdefault("USE_HUB_KERNELS", "NO")
 
 # %% auto #0
-__all__ = ['PACKAGE_DIR', 'PROFILES', 'RECIPES', 'RECIPE_MODULES', 'SHIPPED_DIR', 'StorytellerError', 'ConfigError', 'get_device',
-           'Profile', 'get_profile', 'step_cap', 'capped', 'seed_everything', 'History', 'cycle', 'warmup_cosine',
+__all__ = ['PACKAGE_DIR', 'PROFILES', 'SHIPPED_DIR', 'StorytellerError', 'ConfigError', 'check_choice', 'get_device', 'Profile',
+           'get_profile', 'step_cap', 'capped', 'seed_everything', 'History', 'cycle', 'warmup_cosine',
            'default_mixed_precision', 'fit', 'to_pil', 'image_grid', 'show_images', 'image_gallery', 'CheckpointError',
-           'save_checkpoint', 'read_provenance', 'load_checkpoint', 'Recipe', 'UnknownRecipe', 'register_recipe',
+           'atomic_write', 'save_checkpoint', 'read_provenance', 'load_checkpoint', 'Recipe', 'UnknownRecipe',
            'get_recipe', 'hardware', 'git_commit', 'versions', 'resolve_config', 'mistyped', 'train_model',
            'storyteller_home', 'load_from', 'load_shipped', 'load_or_train', 'results_model', 'lineage', 'total_steps',
            'describe_provenance']
@@ -44,6 +44,14 @@ class StorytellerError(Exception):
 
 class ConfigError(StorytellerError, ValueError):
     "A config (a profile, a recipe's fields, a model config) is wrong; the message names the entry and the field."
+
+
+def check_choice(name: str, value: Any, valid: Iterable) -> Any:
+    "`value` if it is one of `valid`; else a `ConfigError` naming `name` and listing the valid values (the library's one choice check)."
+    valid = tuple(valid)
+    if not any(value == v and type(value) is type(v) for v in valid):  # True is not 1, nor "1" 1
+        raise ConfigError(f"{name} is {value!r}; valid values: {', '.join(map(str, valid))}")
+    return value
 
 
 def get_device(prefer: str | None = None) -> torch.device:
@@ -164,57 +172,79 @@ def default_mixed_precision() -> str:
     return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
 
+def _accelerator(mixed_precision: str | None, grad_accum: int):
+    "The `Accelerator` a `fit` run uses: the process's mixed precision, `grad_accum` steps, batches split over processes."
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    return Accelerator(mixed_precision=mixed_precision or default_mixed_precision(),
+                       gradient_accumulation_steps=grad_accum,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+def _backward_step(accelerator, model: nn.Module, optimizer, params: list, loss_fn: Callable, batch,
+                   max_grad_norm: float | None, where: str) -> tuple[torch.Tensor, dict]:
+    "One micro-batch: the loss under autocast, its gradients (clipped over `params` at a sync), the optimiser step."
+    with accelerator.accumulate(model), accelerator.autocast():
+        out = loss_fn(model, batch)
+        loss, logs = out if isinstance(out, tuple) else (out, {})
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{where}: loss became {loss.item()}")
+        accelerator.backward(loss)
+        if max_grad_norm is not None and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss, dict(logs)
+
+
+def _log_step(history: History, accelerator, loss: torch.Tensor, logs: dict, bar) -> None:
+    "Record a step's loss (the mean over the processes' shares) and scalars, and show the recent mean on the bar."
+    history.losses.append(accelerator.reduce(loss.detach(), "mean").item())
+    for key, value in logs.items():
+        history.logs.setdefault(key, []).append(float(value))
+    recent = history.losses[-20:]
+    bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
+
+
 def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterable, steps: int, *,
         lr: float = 1e-3, weight_decay: float = 0.0, warmup: int = 0, max_grad_norm: float | None = 1.0,
-        grad_accum: int = 1, mixed_precision: str | None = None, progress: bool = True,
-        desc: str = "train", callback: Callable[[int], None] | None = None) -> History:
+        grad_accum: int = 1, mixed_precision: str | None = None, progress: bool = True, desc: str = "train",
+        parameters: Iterable[nn.Parameter] | None = None,
+        on_step: Callable[[int, Any], dict | None] | None = None) -> History:
     """Train `model` for `steps` optimiser steps of `loss_fn(model, batch)` over `data`; return the `History`.
 
-    `callback(step)` runs after every optimiser step (an EMA of the weights, say). The model ends on the training
-    device, in eval mode. Mixed precision is fixed once per process (accelerate's rule). Launched on several processes
-    (`accelerate launch`, `torchrun`), each takes its share of every batch, so the global batch is the loader's, and
-    the logged loss is the global batch's; data parallelism needs a `loss_fn` that calls `model(...)` rather than its
-    submodules."""
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, send_to_device
+    AdamW trains `parameters` (default: every parameter that requires a gradient) and clips their gradients.
+    `on_step(step, batch)` runs after every optimiser step with the step's batch (an EMA of the weights, a second
+    network's update); scalars it returns are logged. The model ends on the training device, in eval mode. Mixed
+    precision is fixed once per process (accelerate's rule). Launched on several processes (`accelerate launch`,
+    `torchrun`), each takes its share of every batch, and the logged loss is the global batch's; data parallelism
+    needs a `loss_fn` that calls `model(...)` rather than its submodules."""
+    from accelerate.utils import send_to_device
     from tqdm.auto import tqdm
 
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    accelerator = Accelerator(mixed_precision=mixed_precision or default_mixed_precision(),
-                              gradient_accumulation_steps=grad_accum,
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                  weight_decay=weight_decay)
+    accelerator = _accelerator(mixed_precision, grad_accum)
+    params = [p for p in (model.parameters() if parameters is None else parameters) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup))
     prepared, optimizer, data = accelerator.prepare(model, optimizer, data)
-    history, batches = History(), cycle(data)
+    history, batches, start = History(), cycle(data), time.perf_counter()
     prepared.train()
-    start = time.perf_counter()
     bar = tqdm(range(steps), desc=desc, disable=not progress or not accelerator.is_local_main_process)
     for step in bar:
         for _ in range(grad_accum):
-            with accelerator.accumulate(prepared), accelerator.autocast():
-                out = loss_fn(prepared, send_to_device(next(batches), accelerator.device))
-                loss, logs = out if isinstance(out, tuple) else (out, {})
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {len(history.losses)}")
-                accelerator.backward(loss)
-                if max_grad_norm is not None and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(prepared.parameters(), max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            batch = send_to_device(next(batches), accelerator.device)
+            loss, logs = _backward_step(accelerator, prepared, optimizer, params, loss_fn, batch, max_grad_norm,
+                                        f"{desc} at step {step}")
         schedule.step()
-        if callback is not None:
-            callback(step)
-        history.losses.append(accelerator.reduce(loss.detach(), "mean").item())  # the mean over the processes' shares
-        for key, value in logs.items():
-            history.logs.setdefault(key, []).append(float(value))
-        recent = history.losses[-20:]
-        bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
+        logs.update((on_step(step, batch) if on_step is not None else None) or {})
+        _log_step(history, accelerator, loss, logs, bar)
     history.seconds = time.perf_counter() - start
     accelerator.unwrap_model(prepared, keep_fp32_wrapper=False).eval()  # drop accelerate's autocast wrapper
     return history
+
 
 # %% ../nbs/A1_core.ipynb #70c0468d
 def to_pil(image: torch.Tensor):
@@ -279,7 +309,7 @@ class CheckpointError(StorytellerError, RuntimeError):
     "A checkpoint that is missing, corrupt or does not fit its model; the message names the file."
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     "Write through a temporary file in the same folder, then rename it over `path`."
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -298,10 +328,10 @@ def save_checkpoint(model: nn.Module, path: str | Path, provenance: dict | None 
 
     path = Path(path)
     try:
-        _atomic_write(path, lambda tmp: save_model(model, str(tmp)))
+        atomic_write(path, lambda tmp: save_model(model, str(tmp)))
         if provenance is not None:
             text = json.dumps(provenance, indent=2, ensure_ascii=False, default=str)
-            _atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text, encoding="utf-8"))
     except OSError as e:
         raise CheckpointError(f"{path}: cannot write the checkpoint ({e.strerror or e})") from e
     return path
@@ -341,29 +371,18 @@ class Recipe:
     config: Callable[[Profile], dict]  # the config for a profile; must hold `steps` and `seed`
     ship_steps: int  # steps behind the checkpoint shipped in the package
     description: str = ""
+    choices: dict[str, tuple] = field(default_factory=dict)  # config fields that take one of a few values, and those values
 
 
 class UnknownRecipe(StorytellerError, KeyError):
     "No recipe has the name asked for; the message lists the known ones."
 
 
-RECIPES: dict[str, Recipe] = {}
-RECIPE_MODULES = ("storyteller.storyworld", "storyteller.foundations", "storyteller.vqvae", "storyteller.vqgan",
-                  "storyteller.diffusion", "storyteller.dit")
-
-
-def register_recipe(recipe: Recipe) -> Recipe:
-    "Make `recipe` available by name to `train_model`, `load_shipped` and the command line."
-    RECIPES[recipe.name] = recipe
-    return recipe
-
 
 def get_recipe(name: str) -> Recipe:
-    "The recipe called `name`, importing the chapter modules that register recipes."
-    import importlib
+    "The recipe called `name`, from the registry `storyteller.recipes` (which imports the chapters, so only when asked)."
+    from storyteller.recipes import RECIPES
 
-    for module in RECIPE_MODULES:
-        importlib.import_module(module)
     if name not in RECIPES:
         raise UnknownRecipe(f"no recipe named {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
     return RECIPES[name]
@@ -416,6 +435,8 @@ def resolve_config(recipe: Recipe, profile: Profile | None = None, /, **override
         if config[key] is not None and mistyped(value, type(config[key])):
             raise ConfigError(f"recipe {recipe.name!r}: field {key!r} is {value!r}; it must be of type "
                               f"{type(config[key]).__name__}, like its default {config[key]!r}")
+        if key in recipe.choices:
+            check_choice(f"recipe {recipe.name!r}: field {key!r}", value, recipe.choices[key])
     return _capped_steps({**config, **overrides})
 
 

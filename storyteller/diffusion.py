@@ -14,28 +14,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import (
-    PROFILES, History, Profile, Recipe, capped, fit, get_device, load_shipped, register_recipe, results_model)
+    PROFILES, History, Profile, Recipe, capped, check_choice, fit, get_device, load_shipped, results_model)
 from .foundations import CrossModalAttention, build_miniclip, miniclip_config
-from .storyworld import (StoryWorldDataset, attributes_found, build_tokenizer, draws_up_front, fact_scores,
-                                    judge_predictions, storyworld_fid, storyworld_loader)
+from .storyworld import (LANGUAGES, StoryWorldDataset, attributes_found, build_tokenizer, draws_up_front,
+                                    fact_scores, judge_predictions, storyworld_fid, storyworld_loader)
 from .vqvae import Downsample, Upsample, group_norm
 
 # %% auto #0
-__all__ = ['PREDICTION_TYPES', 'SCHEDULES', 'SPACINGS', 'VARIANCES', 'Denoiser', 'SAMPLER_SWEEP', 'unet_recipe', 'linear_betas',
-           'cosine_betas', 'NoiseSchedule', 'sampling_timesteps', 'ddpm_step', 'ddim_step', 'sample',
-           'classifier_free_guidance', 'timestep_embedding', 'TimestepEmbedder', 'TimeResBlock', 'SpatialTransformer',
-           'UNet', 'TextToImage', 'min_snr_weight', 'ema_model', 'scene_prompts', 'single_actor_prompts',
-           'evaluate_text_to_image', 'sampler_sweep', 'diffusion_config', 'unet_config', 'text_to_image', 'build_unet',
-           'load_text_encoder', 'fit_text_to_image', 'train_text_to_image']
+__all__ = ['PREDICTION_TYPES', 'SCHEDULES', 'SPACINGS', 'VARIANCES', 'Denoiser', 'SAMPLER_SWEEP', 'TEXT_TO_IMAGE_CHOICES',
+           'unet_recipe', 'linear_betas', 'cosine_betas', 'NoiseSchedule', 'sampling_timesteps', 'ddpm_step',
+           'ddim_step', 'sample', 'classifier_free_guidance', 'timestep_embedding', 'TimestepEmbedder', 'TimeResBlock',
+           'SpatialTransformer', 'UNet', 'TextToImage', 'min_snr_weight', 'ema_model', 'scene_prompts',
+           'single_actor_prompts', 'evaluate_text_to_image', 'sampler_sweep', 'diffusion_config', 'unet_config',
+           'text_to_image', 'build_unet', 'load_text_encoder', 'fit_text_to_image', 'train_text_to_image']
 
 # %% ../nbs/04_diffusion.ipynb #740d436f
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SCHEDULES = ("linear", "cosine")
-
-
-def _check_choice(argument: str, value: str, valid: Sequence[str]) -> None:
-    if value not in valid:
-        raise ValueError(f"{argument} must be one of {', '.join(map(repr, valid))}; got {value!r}")
 
 
 def _per_sample(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -68,7 +63,7 @@ class NoiseSchedule:
     @classmethod
     def named(cls, schedule: str = "linear", num_steps: int = 1000) -> NoiseSchedule:
         "The `linear` or `cosine` schedule with `num_steps` steps."
-        _check_choice("schedule", schedule, SCHEDULES)
+        check_choice("schedule", schedule, SCHEDULES)
         if num_steps < 1:
             raise ValueError(f"num_steps must be at least 1, got {num_steps}")
         return cls(linear_betas(num_steps) if schedule == "linear" else cosine_betas(num_steps))
@@ -98,7 +93,7 @@ class NoiseSchedule:
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prediction_type: str) -> torch.Tensor:
         "What a model of `prediction_type` learns to output for x_t = q_sample(x0, t, noise)."
-        _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         if prediction_type == "epsilon":
             return noise
         if prediction_type == "sample":
@@ -109,7 +104,7 @@ class NoiseSchedule:
     def predict_x0_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                        prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
         "The clean image x̂₀ and the noise ε̂ that a model output of `prediction_type` implies at x_t."
-        _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         a = self.alpha_bar(t, x_t.ndim)
         if prediction_type == "epsilon":
             return (x_t - (1 - a).sqrt() * output) / a.sqrt(), output
@@ -125,7 +120,7 @@ VARIANCES = ("fixed_small", "fixed_large")
 def sampling_timesteps(num_train_steps: int, num_steps: int, spacing: str = "leading") -> torch.Tensor:
     """The `num_steps` timesteps a sampler visits, in descending order: diffusers' three spacings, computed as it
     computes them (NumPy, float64), so the lists agree to the step."""
-    _check_choice("spacing", spacing, SPACINGS)
+    check_choice("spacing", spacing, SPACINGS)
     if not 1 <= num_steps <= num_train_steps:
         raise ValueError(f"steps must be between 1 and the {num_train_steps} training timesteps, got {num_steps}")
     if spacing == "leading":
@@ -141,7 +136,7 @@ def ddpm_step(schedule: NoiseSchedule, output: torch.Tensor, t: int, t_prev: int
               noise: torch.Tensor | None, variance: str = "fixed_small", prediction_type: str = "epsilon",
               clip_sample: float | None = None) -> torch.Tensor:
     "One ancestral step x_t → x_{t_prev}: the posterior mean given x̂₀ (clamped to ±`clip_sample` if set), plus noise of the `variance` kind when t > 0."
-    _check_choice("variance", variance, VARIANCES)
+    check_choice("variance", variance, VARIANCES)
     a, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)  # float32 scalars, as the reference computes
     alpha = a / a_prev
     beta = 1 - alpha
@@ -183,8 +178,8 @@ def sample(denoiser: Denoiser, shape: Sequence[int], schedule: NoiseSchedule, *,
     device. The previous timestep is the next one in the actual list, whatever the spacing."""
     from tqdm.auto import tqdm
 
-    _check_choice("sampler", sampler, ("ddpm", "ddim"))
-    _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    check_choice("sampler", sampler, ("ddpm", "ddim"))
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
     if eta < 0:
         raise ValueError(f"eta must be non-negative, got {eta}")
     timesteps = sampling_timesteps(schedule.num_steps, steps, spacing).tolist()
@@ -363,7 +358,7 @@ class TextToImage(nn.Module):
                  cond_drop: float = 0.1, latent_shape: Sequence[int] | None = None, codec: nn.Module | None = None,
                  train_text: bool = False, snr_gamma: float | None = None):
         super().__init__()
-        _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         if snr_gamma is not None and snr_gamma <= 0:
             raise ValueError(f"snr_gamma must be positive (or None for an unweighted loss), got {snr_gamma}")
         if not 0 <= cond_drop < 1:
@@ -450,7 +445,7 @@ class TextToImage(nn.Module):
 def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
     """Min-SNR-γ loss weights `(B,)` for timesteps `t`: min(SNR, γ) divided by the weight the prediction type's loss
     already carries in x0 terms (SNR for ε, SNR + 1 for v, 1 for x0)."""
-    _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
     alpha_bar = schedule.alphas_cumprod.to(t.device)[t]
     snr = alpha_bar / (1 - alpha_bar)
     implicit = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[prediction_type]
@@ -567,7 +562,7 @@ def fit_text_to_image(model: TextToImage, config: dict, progress: bool = True) -
     averaged = ema_model(trainable, config["ema_decay"])
     history = fit(model, lambda m, batch: m.loss(batch), loader, config["steps"], lr=config["lr"],
                   warmup=config["warmup"], progress=progress, desc=type(model.denoiser).__name__,
-                  callback=lambda step: averaged.update_parameters(trainable))
+                  on_step=lambda step, batch: averaged.update_parameters(trainable))
     trainable.load_state_dict(averaged.module.state_dict())
     return history
 
@@ -583,5 +578,7 @@ def train_text_to_image(model: TextToImage, config: dict, progress: bool = True)
     return metrics
 
 
-unet_recipe = register_recipe(Recipe("unet", build_unet, train_text_to_image, unet_config, ship_steps=3000,
-                                     description="text-to-image U-Net on StoryWorld pixels, mini-CLIP text, guidance"))
+TEXT_TO_IMAGE_CHOICES = {"schedule": SCHEDULES, "prediction_type": PREDICTION_TYPES, "lang": (*LANGUAGES, "both")}
+unet_recipe = Recipe("unet", build_unet, train_text_to_image, unet_config, ship_steps=3000,
+                     description="text-to-image U-Net on StoryWorld pixels, mini-CLIP text, guidance",
+                     choices=TEXT_TO_IMAGE_CHOICES)

@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import PROFILES, Profile, Recipe, register_recipe, results_model
-from .diffusion import TextToImage, TimestepEmbedder, diffusion_config, text_to_image, train_text_to_image
-from .foundations import CrossModalAttention, load_split
+from .core import PROFILES, Profile, Recipe, results_model
+from .diffusion import (TEXT_TO_IMAGE_CHOICES, TextToImage, TimestepEmbedder, diffusion_config, text_to_image,
+                                   train_text_to_image)
+from .foundations import CrossModalAttention
+from .storyworld import load_split
 from .vqgan import vqgan_config
 from .vqvae import VQVAE, build_vqvae
 
@@ -215,5 +217,6 @@ def train_dit(model: TextToImage, config: dict, progress: bool = True) -> dict:
     return train_text_to_image(model, config, progress)
 
 
-dit_recipe = register_recipe(Recipe("dit", build_dit, train_dit, dit_config, ship_steps=3000,
-                                    description="text-to-image DiT on StoryWorld VQGAN latents, mini-CLIP text, guidance"))
+dit_recipe = Recipe("dit", build_dit, train_dit, dit_config, ship_steps=3000,
+                    description="text-to-image DiT on StoryWorld VQGAN latents, mini-CLIP text, guidance",
+                    choices=TEXT_TO_IMAGE_CHOICES)

@@ -14,19 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Profile, Recipe, StorytellerError, fit, get_device, register_recipe
+from .core import Profile, Recipe, StorytellerError, fit, get_device
 from .storyworld import (BACKGROUNDS, COLOURS, LANGUAGES, N_TEMPLATES, POSITIONS, SHAPES, SIZES, Actor,
-                                    Scene, StoryWorldDataset, build_tokenizer, caption, draws_up_front,
-                                    scene_from_labels, storyworld_loader)
+                                    Scene, build_tokenizer, caption, draws_up_front, load_split, scene_from_labels,
+                                    storyworld_loader)
 
 # %% auto #0
 __all__ = ['MAX_LOGIT_SCALE', 'IGNORE_INDEX', 'ATTRIBUTE_VALUES', 'miniclip_recipe', 'l2_normalize', 'JointEmbeddingModel',
            'CrossModalAttention', 'FusionLayer', 'MultimodalFusion', 'contrastive_logits', 'contrastive_loss',
            'swap_attribute', 'caption_style', 'swapped_caption', 'binding_negatives', 'negclip_loss', 'mask_tokens',
            'MLMHead', 'masked_lm_loss', 'mine_hard_negatives', 'ITMHead', 'ImageEncoder', 'TextEncoder', 'MiniCLIP',
-           'clip_step_loss', 'VisionLanguagePretrainer', 'embed_texts', 'embed_images', 'load_split',
-           'retrieval_metrics', 'binding_accuracy', 'one_actor_scenes', 'attribute_value', 'zero_shot_classifiers',
-           'zero_shot_accuracy', 'miniclip_config', 'build_miniclip', 'evaluate_miniclip', 'train_miniclip']
+           'clip_step_loss', 'VisionLanguagePretrainer', 'embed_texts', 'embed_images', 'retrieval_metrics',
+           'binding_accuracy', 'one_actor_scenes', 'attribute_value', 'zero_shot_classifiers', 'zero_shot_accuracy',
+           'miniclip_config', 'build_miniclip', 'evaluate_miniclip', 'train_miniclip']
 
 # %% ../nbs/01_foundations.ipynb #aa45f276
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -386,13 +386,6 @@ def embed_images(model: MiniCLIP, images: torch.Tensor, batch_size: int = 512) -
                       for i in range(0, len(images), batch_size)])
 
 
-def load_split(split: str = "test", n: int = 1000, lang: str = "en", **kwargs) -> dict:
-    "Images, captions, labels and scenes of the first `n` items of a StoryWorld split, as one batch."
-    data = StoryWorldDataset(split, n=n, lang=lang, **kwargs)
-    batch = next(iter(torch.utils.data.DataLoader(data, batch_size=n)))
-    return {**batch, "caption": list(batch["caption"]), "scene": [data.scene(i) for i in range(n)]}
-
-
 def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, image_labels: torch.Tensor,
                       text_labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     "Recall@k both ways; a retrieved item is correct when its label vector equals the query's."
@@ -502,5 +495,6 @@ def train_miniclip(model: MiniCLIP, config: dict, progress: bool = True) -> dict
     return evaluate_miniclip(model, config["eval_size"], "en", config["image_size"])
 
 
-miniclip_recipe = register_recipe(Recipe("miniclip", build_miniclip, train_miniclip, miniclip_config, ship_steps=3000,
-                                         description="mini-CLIP on StoryWorld (CNN + Transformer, contrastive), en + zh"))
+miniclip_recipe = Recipe("miniclip", build_miniclip, train_miniclip, miniclip_config, ship_steps=3000,
+                         description="mini-CLIP on StoryWorld (CNN + Transformer, contrastive), en + zh",
+                         choices={"lang": (*LANGUAGES, "both")})

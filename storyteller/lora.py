@@ -18,22 +18,21 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .core import History, StorytellerError, _atomic_write, fit, mistyped, to_pil
+from .core import History, StorytellerError, atomic_write, fit, mistyped, to_pil
 from .diffusion import TextToImage, classifier_free_guidance, sample
 from .storyworld import (BACKGROUNDS, COLOURS, EN, POSITIONS, SHAPES, SIZES, X_CENTRE, Actor, AttributeJudge, Scene,
-                                    StoryWorldDataset, actor_phrase, attributes_found, build_tokenizer, fact_scores,
+                                    StoryWorldDataset, actor_phrase, attributes_found, fact_scores,
                                     judge_predictions, render, scene_attributes, to_tensor)
 
 # %% auto #0
 __all__ = ['ALL_LINEAR', 'ADAPTER_WEIGHTS', 'ADAPTER_CONFIG', 'PEFT_PREFIX', 'CLIP_BASE', 'BLIP2_OPT', 'LoRALinear', 'picks',
            'find_lora_targets', 'lora_layers', 'mark_only_lora_trainable', 'inject_lora', 'count_parameters',
            'merge_lora', 'unmerge_lora', 'lora_disabled', 'lora_state_dict', 'AdapterError', 'save_adapter',
-           'read_adapter_config', 'load_adapter', 'save_tiny_clip', 'save_tiny_blip2', 'load_pretrained',
-           'storyworld_pairs', 'processor_loader', 'hf_loss', 'clip_retrieval', 'clip_base_config', 'blip2_opt_config',
-           'meta_model', 'training_footprint', 'footprint_in_fresh_process', 'Character', 'solo_caption',
-           'character_caption', 'character_prompts', 'character_examples', 'character_loader', 'teach_character',
-           'character_scores', 'Region', 'region_masks', 'adapter_weights', 'adapter_swapper', 'generate_regions',
-           'duo_scenes', 'recognised_characters']
+           'read_adapter_config', 'load_adapter', 'load_pretrained', 'storyworld_pairs', 'processor_loader', 'hf_loss',
+           'clip_retrieval', 'clip_base_config', 'blip2_opt_config', 'meta_model', 'training_footprint',
+           'footprint_in_fresh_process', 'CharacterLook', 'solo_caption', 'character_caption', 'character_prompts',
+           'character_examples', 'character_loader', 'teach_character', 'character_scores', 'Region', 'region_masks',
+           'adapter_weights', 'adapter_swapper', 'generate_regions', 'duo_scenes', 'recognised_characters']
 
 # %% ../nbs/06_lora.ipynb #c5d48eb0
 class LoRALinear(nn.Module):
@@ -250,8 +249,8 @@ def save_adapter(model: nn.Module, directory: str | Path, base_model_name_or_pat
               **_shared_settings(layers), "target_modules": sorted(layers), "bias": "none", "fan_in_fan_out": False,
               "init_lora_weights": True, "modules_to_save": None, "inference_mode": True}
     tensors = {PEFT_PREFIX + k: v.detach().cpu().contiguous() for k, v in lora_state_dict(model).items()}
-    _atomic_write(directory / ADAPTER_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    _atomic_write(directory / ADAPTER_CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
+    atomic_write(directory / ADAPTER_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    atomic_write(directory / ADAPTER_CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
     return directory
 
 
@@ -312,60 +311,6 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
 
 # %% ../nbs/06_lora.ipynb #ab518eaa
 CLIP_BASE, BLIP2_OPT = "openai/clip-vit-base-patch32", "Salesforce/blip2-opt-2.7b"
-
-
-def _storyworld_tokenizer(image_token: str | None = None):
-    "StoryWorld's word-level tokenizer with [CLS] as BOS and [SEP] as EOS (and an image placeholder token for BLIP-2)."
-    tokenizer = build_tokenizer()
-    tokenizer.bos_token, tokenizer.eos_token = "[CLS]", "[SEP]"
-    if image_token:
-        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
-        tokenizer.image_token = image_token
-    return tokenizer
-
-
-def _tiny_vision(image_size: int, width: int) -> dict:
-    return {"image_size": image_size, "patch_size": 8, "hidden_size": width, "intermediate_size": 2 * width,
-            "num_hidden_layers": 2, "num_attention_heads": 4}
-
-
-def save_tiny_clip(directory: str | Path, width: int = 32, depth: int = 2, image_size: int = 32, seed: int = 0) -> Path:
-    """Write a random-weight `CLIPModel` of the real class, sized for a CPU, and a `CLIPProcessor` on StoryWorld's
-    tokenizer to `directory`, which `from_pretrained` then loads like a hub checkpoint."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    tokenizer = _storyworld_tokenizer()
-    text = {"vocab_size": len(tokenizer), "hidden_size": width, "intermediate_size": 2 * width,
-            "num_hidden_layers": depth, "num_attention_heads": 4, "max_position_embeddings": tokenizer.model_max_length,
-            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id}
-    vision = {**_tiny_vision(image_size, width), "num_hidden_layers": depth}
-    torch.manual_seed(seed)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=width)).save_pretrained(directory)
-    images = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=image_size)
-    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(directory)
-    return Path(directory)
-
-
-def save_tiny_blip2(directory: str | Path, width: int = 32, image_size: int = 32, num_query_tokens: int = 4,
-                    seed: int = 0) -> Path:
-    "Write a random-weight `Blip2ForConditionalGeneration` (ViT, Q-Former, OPT) and its `Blip2Processor` to `directory`."
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
-
-    tokenizer = _storyworld_tokenizer(image_token="<image>")
-    qformer = {"vocab_size": len(tokenizer), "hidden_size": width, "num_hidden_layers": 2, "num_attention_heads": 4,
-               "intermediate_size": 2 * width, "encoder_hidden_size": width, "max_position_embeddings": 64}
-    opt = {"vocab_size": len(tokenizer), "hidden_size": width, "num_hidden_layers": 2, "num_attention_heads": 4,
-           "ffn_dim": 2 * width, "max_position_embeddings": 128, "word_embed_proj_dim": width,
-           "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-           "eos_token_id": tokenizer.eos_token_id}
-    config = Blip2Config(vision_config=_tiny_vision(image_size, width), qformer_config=qformer, text_config=opt,
-                         num_query_tokens=num_query_tokens, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(seed)
-    Blip2ForConditionalGeneration(config).save_pretrained(directory)
-    images = BlipImageProcessor(size={"height": image_size, "width": image_size})
-    Blip2Processor(image_processor=images, tokenizer=tokenizer, num_query_tokens=num_query_tokens).save_pretrained(directory)
-    return Path(directory)
 
 
 def load_pretrained(model_class: type, source: str | Path, quantize: bool = False) -> nn.Module:
@@ -530,7 +475,7 @@ def footprint_in_fresh_process(source: str | Path, lora_targets: Sequence[str] |
 
 # %% ../nbs/06_lora.ipynb #ae26fccc
 @dataclass(frozen=True)
-class Character:
+class CharacterLook:
     "A named StoryWorld actor with a fixed look: what a character adapter teaches the illustrator to draw."
     name: str
     shape: str
@@ -561,7 +506,7 @@ def character_caption(scene: Scene, template: int = 0) -> str:
     return EN["two"][template].format(a1=say(first), p1=where[first.position], a2=say(second), p2=where[second.position], bg=bg)
 
 
-def character_prompts(character: Character, n: int = 32, seed: int = 1, pairs: bool = False) -> tuple[list[str], list[Scene]]:
+def character_prompts(character: CharacterLook, n: int = 32, seed: int = 1, pairs: bool = False) -> tuple[list[str], list[Scene]]:
     """`n` captions of `character` at random positions and backgrounds, and their scenes (seed 0 makes the training
     examples); with `pairs`, each scene puts another, unnamed actor beside the character."""
     rng = random.Random(f"character-{character.name}-{seed}" + ("-pairs" if pairs else ""))
@@ -579,7 +524,7 @@ def character_prompts(character: Character, n: int = 32, seed: int = 1, pairs: b
     return [character_caption(s, rng.randrange(templates)) for s in scenes], scenes
 
 
-def character_examples(character: Character, n: int = 32, image_size: int = 32, n_pairs: int = 0) -> list[dict]:
+def character_examples(character: CharacterLook, n: int = 32, image_size: int = 32, n_pairs: int = 0) -> list[dict]:
     "The training examples of `character`: `n` rendered scenes of it alone and `n_pairs` beside another actor, name-only captions."
     captions, scenes = character_prompts(character, n, seed=0)
     pair_captions, pair_scenes = character_prompts(character, n_pairs, seed=0, pairs=True)
@@ -588,7 +533,7 @@ def character_examples(character: Character, n: int = 32, image_size: int = 32, 
 
 
 # %% ../nbs/06_lora.ipynb #b1b3b69d
-def character_loader(character: Character, steps: int, batch_size: int = 32, n_examples: int = 32,
+def character_loader(character: CharacterLook, steps: int, batch_size: int = 32, n_examples: int = 32,
                      prior_share: float = 0.25, n_prior: int = 1024, image_size: int = 32,
                      seed: int = 0, n_pairs: int = 0) -> torch.utils.data.DataLoader:
     """`steps` batches drawn with replacement from the character's examples (`n_examples` alone, `n_pairs` beside
@@ -605,7 +550,7 @@ def character_loader(character: Character, steps: int, batch_size: int = 32, n_e
     return torch.utils.data.DataLoader(items, batch_size=batch_size, sampler=sampler)
 
 
-def teach_character(model: TextToImage, character: Character, steps: int = 150, r: int = 8, alpha: float | None = None,
+def teach_character(model: TextToImage, character: CharacterLook, steps: int = 150, r: int = 8, alpha: float | None = None,
                     lr: float = 5e-3, target_modules: str | Sequence[str] = ALL_LINEAR, n_examples: int = 32,
                     prior_share: float = 0.25, batch_size: int = 32, seed: int = 0, progress: bool = True,
                     n_pairs: int = 0) -> History:
@@ -717,7 +662,7 @@ def generate_regions(model: TextToImage, pictures: Sequence[Sequence[Region]],
     return model.to_images(x).float().cpu()
 
 
-def duo_scenes(first: Character, second: Character, n: int = 32, seed: int = 1) -> list[Scene]:
+def duo_scenes(first: CharacterLook, second: CharacterLook, n: int = 32, seed: int = 1) -> list[Scene]:
     "`n` scenes of two characters side by side, at random positions (either may stand on the left) and backgrounds."
     rng = random.Random(f"duo-{first.name}-{second.name}-{seed}")
     scenes = []

@@ -15,6 +15,7 @@ import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
@@ -25,7 +26,7 @@ from torch import nn
 from .adapters import (DTYPES, GENERATION_BATCH, QUANTIZATIONS, BLIP2Adapter, Capability, CLIPAdapter, DescriberAdapter,
                                   IllustratorAdapter, LLaVAAdapter, MiniCLIPAdapter, MultimodalModel, QwenVLAdapter,
                                   StoryWriterAdapter, is_chinese)
-from .core import (SHIPPED_DIR, ConfigError, StorytellerError, _atomic_write, get_recipe, mistyped,
+from .core import (SHIPPED_DIR, ConfigError, StorytellerError, atomic_write, get_recipe, mistyped,
                               read_provenance)
 
 # %% auto #0
@@ -33,9 +34,9 @@ __all__ = ['MODEL_TYPES', 'SPEC_FIELDS', 'DEVICE', 'QUANTIZED_BYTES', 'STORY_TOK
            'QWEN_MAX_PIXELS', 'HF_CAPTIONER', 'OFFLINE_CONFIG', 'GPU_CONFIG', 'EVENT_STYLE', 'ModelSpec', 'ModelType',
            'register_model_type', 'check_fields', 'check_options', 'parse_spec', 'parse_config', 'read_config',
            'parameter_bytes', 'kv_cache_bytes', 'generation_bytes', 'estimate_hf_bytes', 'hf_generation_bytes',
-           'estimate_own_bytes', 'on_device', 'gpu_budget', 'published_configs', 'with_published_configs',
-           'ModelLoadError', 'BudgetExceeded', 'Event', 'ModelManager', 'NoCapableModel', 'model_key', 'content_key',
-           'EmbeddingCache', 'ImageIndex', 'Request', 'TaskCoordinator', 'tiny_hf_config', 'per_image_search',
+           'estimate_own_bytes', 'hf_model_kwargs', 'own_model_kwargs', 'on_device', 'gpu_budget', 'published_configs',
+           'with_published_configs', 'ModelLoadError', 'BudgetExceeded', 'Event', 'ModelManager', 'NoCapableModel',
+           'model_key', 'content_key', 'EmbeddingCache', 'ImageIndex', 'Request', 'TaskCoordinator', 'per_image_search',
            'retrieval_speedup', 'plot_timeline']
 
 # %% ../nbs/07b_manager.ipynb #1daa3a2b
@@ -260,20 +261,20 @@ def estimate_own_bytes(spec: ModelSpec, recipe: str) -> int:
     return parameter_bytes(model)
 
 
-def _hf_kwargs(spec: ModelSpec) -> dict:
+def hf_model_kwargs(spec: ModelSpec) -> dict:
     return {"name": spec.name, "device": spec.device, "dtype": spec.dtype, "quantization": spec.quantization,
             "batch_size": spec.options.get("batch_size", GENERATION_BATCH)}
 
 
-def _own_kwargs(spec: ModelSpec) -> dict:
+def own_model_kwargs(spec: ModelSpec) -> dict:
     return {"name": spec.name, "device": spec.device, "checkpoint": spec.path}
 
 
 HF_CAPTIONER = frozenset({Capability.CAPTIONING, Capability.VQA, Capability.TEXT_GENERATION, Capability.STREAMING})
 for model_type in (
-    ModelType("clip", lambda s: CLIPAdapter(s.path, **_hf_kwargs(s)), lambda s: estimate_hf_bytes(s, "CLIPModel"),
+    ModelType("clip", lambda s: CLIPAdapter(s.path, **hf_model_kwargs(s)), lambda s: estimate_hf_bytes(s, "CLIPModel"),
               lambda s: CLIPAdapter.capabilities),
-    ModelType("blip2", lambda s: BLIP2Adapter(s.path, s.options.get("retrieval_path"), **_hf_kwargs(s)),
+    ModelType("blip2", lambda s: BLIP2Adapter(s.path, s.options.get("retrieval_path"), **hf_model_kwargs(s)),
               lambda s: estimate_hf_bytes(s, "Blip2ForConditionalGeneration") + (estimate_hf_bytes(
                   ModelSpec(**{**s.__dict__, "path": s.options["retrieval_path"]}), "Blip2ForImageTextRetrieval")
                   if s.options.get("retrieval_path") else 0),
@@ -281,30 +282,36 @@ for model_type in (
                   {Capability.MATCHING, Capability.TEXT_EMBEDDING} if s.options.get("retrieval_path") else set()),
               options={"retrieval_path": str, "batch_size": int},
               working_bytes=lambda s: hf_generation_bytes(s, CAPTION_TOKENS, lambda c: c.num_query_tokens)),  # no stories
-    ModelType("llava", lambda s: LLaVAAdapter(s.path, **_hf_kwargs(s)),
+    ModelType("llava", lambda s: LLaVAAdapter(s.path, **hf_model_kwargs(s)),
               lambda s: estimate_hf_bytes(s, "LlavaForConditionalGeneration"), lambda s: HF_CAPTIONER,
               options={"batch_size": int}, working_bytes=lambda s: hf_generation_bytes(
                   s, STORY_TOKENS, lambda c: (c.vision_config.image_size // c.vision_config.patch_size) ** 2)),
     ModelType("qwen-vl", lambda s: QwenVLAdapter(s.path, s.options.get("min_pixels"), s.options.get("max_pixels"),
-                                                 **_hf_kwargs(s)),
+                                                 **hf_model_kwargs(s)),
               lambda s: estimate_hf_bytes(s, "AutoModelForImageTextToText"), lambda s: HF_CAPTIONER,
               languages=QwenVLAdapter.languages, options={"min_pixels": int, "max_pixels": int, "batch_size": int},
               working_bytes=lambda s: hf_generation_bytes(s, STORY_TOKENS, lambda c: s.options.get(
                   "max_pixels", QWEN_MAX_PIXELS) // (c.vision_config.patch_size * c.vision_config.spatial_merge_size) ** 2)),
-    ModelType("miniclip", lambda s: MiniCLIPAdapter(**_own_kwargs(s)),
+    ModelType("miniclip", lambda s: MiniCLIPAdapter(**own_model_kwargs(s)),
               lambda s: estimate_own_bytes(s, "miniclip"), lambda s: MiniCLIPAdapter.capabilities,
               languages=MiniCLIPAdapter.languages, needs_path=False),
     ModelType("illustrator", lambda s: IllustratorAdapter(recipe=s.options.get("recipe", "dit"), **{
-                  k: v for k, v in s.options.items() if k != "recipe"}, **_own_kwargs(s)),
+                  k: v for k, v in s.options.items() if k != "recipe"}, **own_model_kwargs(s)),
               lambda s: estimate_own_bytes(s, s.options.get("recipe", "dit")), lambda s: IllustratorAdapter.capabilities,
               languages=IllustratorAdapter.languages, needs_path=False,
               options={"recipe": str, "steps": int, "guidance_scale": float, "seed": int, "known_words_only": bool}),
-    ModelType("describer", lambda s: DescriberAdapter(**_own_kwargs(s)),
+    ModelType("describer", lambda s: DescriberAdapter(**own_model_kwargs(s)),
               lambda s: estimate_own_bytes(s, "judge"), lambda s: DescriberAdapter.capabilities,
               languages=DescriberAdapter.languages, needs_path=False),
     ModelType("writer", lambda s: StoryWriterAdapter(s.name, **s.options), lambda s: 0,
               lambda s: StoryWriterAdapter.capabilities, languages=StoryWriterAdapter.languages, needs_path=False,
               options={"paragraphs": int}),
+    ModelType("character-illustrator",  # chapter 8's illustrator, with a LoRA adapter per character
+              lambda s: import_module("storyteller.app").CharacterIllustrator(**s.options, **own_model_kwargs(s)),
+              lambda s: estimate_own_bytes(s, s.options.get("recipe", "unet")), lambda s: IllustratorAdapter.capabilities,
+              languages=IllustratorAdapter.languages, needs_path=False,
+              options={"recipe": str, "characters": dict, "steps": int, "guidance_scale": float, "seed": int,
+                       "known_words_only": bool}),
 ):
     register_model_type(model_type)
 
@@ -653,7 +660,7 @@ class EmbeddingCache:
             raise ValueError("this cache has no file: give save() a path")
         with self._lock:
             store = dict(self.store)
-        _atomic_write(path, lambda tmp: save_file(store, str(tmp)))
+        atomic_write(path, lambda tmp: save_file(store, str(tmp)))
         return path
 
 
@@ -740,7 +747,7 @@ class TaskCoordinator:
         table = self.feedback.setdefault(capability.value, {})
         table[model] = (1 - rate) * table.get(model, 0.0) + rate * score
         if self.feedback_path is not None:
-            _atomic_write(self.feedback_path, lambda tmp: tmp.write_text(json.dumps(self.feedback, indent=1)))
+            atomic_write(self.feedback_path, lambda tmp: tmp.write_text(json.dumps(self.feedback, indent=1)))
 
     # --- tasks ------------------------------------------------------------------------------------------------------
     def match(self, images: Sequence[Image.Image], texts: Sequence[str], language: str | None = None) -> torch.Tensor:
@@ -890,25 +897,6 @@ class TaskCoordinator:
         finally:
             stop.set()
             await worker
-
-# %% ../nbs/07b_manager.ipynb #802eb8de
-def tiny_hf_config(directory: str | Path) -> dict:
-    "Write a tiny random-weight model of every Hugging Face family into `directory` and return a config naming them."
-    from storyteller.adapters import save_tiny_blip2_retrieval, save_tiny_llava, save_tiny_qwen_vl
-    from storyteller.lora import save_tiny_blip2, save_tiny_clip
-
-    d = Path(directory)
-    paths = {"clip": save_tiny_clip(d / "clip"), "blip2": save_tiny_blip2(d / "blip2"),
-             "blip2-itm": save_tiny_blip2_retrieval(d / "blip2-itm"), "llava": save_tiny_llava(d / "llava"),
-             "qwen2-vl": save_tiny_qwen_vl(d / "qwen2-vl", "2"), "qwen2.5-vl": save_tiny_qwen_vl(d / "qwen2.5-vl", "2.5")}
-    return {"models": [
-        {"name": "clip", "type": "clip", "path": str(paths["clip"])},
-        {"name": "blip2", "type": "blip2", "path": str(paths["blip2"]), "options": {"retrieval_path": str(paths["blip2-itm"])}},
-        {"name": "llava", "type": "llava", "path": str(paths["llava"])},
-        {"name": "qwen2-vl", "type": "qwen-vl", "path": str(paths["qwen2-vl"])},
-        {"name": "qwen2.5-vl", "type": "qwen-vl", "path": str(paths["qwen2.5-vl"]),
-         "options": {"min_pixels": 28 * 28, "max_pixels": 56 * 56}},
-    ]}
 
 # %% ../nbs/07b_manager.ipynb #6937aa1f
 def per_image_search(model: MultimodalModel, query: str, pool: Sequence[Image.Image], top_k: int = 1) -> list[int]:

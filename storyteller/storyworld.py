@@ -16,18 +16,18 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
-from .core import Profile, Recipe, fit, get_device, register_recipe
+from .core import Profile, Recipe, check_choice, fit, get_device
 
 # %% auto #0
 __all__ = ['BACKGROUNDS', 'SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'NAMES', 'RGB', 'PALETTES', 'X_CENTRE', 'RADIUS',
            'SUPERSAMPLE', 'EN', 'ZH', 'LANGUAGES', 'N_TEMPLATES', 'SLOT_FIELDS', 'LABEL_NAMES', 'LABEL_CLASSES',
            'ATTRIBUTES', 'SPLIT_SIZES', 'SPECIAL_TOKENS', 'judge_recipe', 'Actor', 'Scene', 'sample_scene',
-           'shape_polygon', 'render', 'to_tensor', 'actor_phrase', 'caption', 'scene_labels', 'scene_from_labels',
-           'relation', 'scene_attributes', 'StoryWorldDataset', 'drawn_pictures', 'draws_up_front', 'storyworld_loader',
-           'build_tokenizer', 'AttributeJudge', 'judge_loss', 'judge_accuracy', 'label_values', 'attributes_found',
-           'fact_scores', 'judge_predictions', 'attribute_scores', 'attribute_accuracy', 'evaluate_judge',
-           'judge_config', 'build_judge', 'train_judge', 'judge_features', 'frechet_distance', 'real_images',
-           'storyworld_fid', 'fid_floor']
+           'shape_polygon', 'render', 'to_tensor', 'actor_phrase', 'caption', 'word_pattern', 'scene_labels',
+           'scene_from_labels', 'relation', 'scene_attributes', 'StoryWorldDataset', 'drawn_pictures', 'draws_up_front',
+           'storyworld_loader', 'load_split', 'build_tokenizer', 'AttributeJudge', 'judge_loss', 'judge_accuracy',
+           'label_values', 'attributes_found', 'fact_scores', 'judge_predictions', 'attribute_scores',
+           'attribute_accuracy', 'evaluate_judge', 'judge_config', 'build_judge', 'train_judge', 'judge_features',
+           'frechet_distance', 'real_images', 'storyworld_fid', 'fid_floor']
 
 # %% ../nbs/00_storyworld.ipynb #0fd5f547
 BACKGROUNDS = ("meadow", "sky", "night", "desert", "sea", "forest")
@@ -36,12 +36,6 @@ COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "white"
 SIZES = ("small", "big")
 POSITIONS = ("left", "centre", "right")
 NAMES = ("Pip", "Luna", "Max", "Coco", "Tom", "Mia", "Bo", "Kiki")
-
-
-def _check(field: str, value: str, valid: Sequence[str]) -> None:
-    "Raise `ValueError` naming `field` and listing the valid values when `value` is not one of them."
-    if value not in valid:
-        raise ValueError(f"unknown {field} {value!r}; valid values: {', '.join(valid)}")
 
 
 @dataclass(frozen=True)
@@ -55,9 +49,9 @@ class Actor:
 
     def __post_init__(self):
         for f, valid in (("shape", SHAPES), ("colour", COLOURS), ("size", SIZES), ("position", POSITIONS)):
-            _check(f, getattr(self, f), valid)
+            check_choice(f, getattr(self, f), valid)
         if self.name is not None:
-            _check("name", self.name, NAMES)
+            check_choice("name", self.name, NAMES)
 
 
 @dataclass(frozen=True)
@@ -67,7 +61,7 @@ class Scene:
     actors: tuple[Actor, ...]
 
     def __post_init__(self):
-        _check("background", self.background, BACKGROUNDS)
+        check_choice("background", self.background, BACKGROUNDS)
         if not 1 <= len(self.actors) <= 2:
             raise ValueError(f"a scene has 1 or 2 actors, got {len(self.actors)}")
         order = [POSITIONS.index(a.position) for a in self.actors]
@@ -215,7 +209,7 @@ def actor_phrase(actor: Actor, lang: str = "en") -> str:
 
 def caption(scene: Scene, lang: str = "en", template: int = 0) -> str:
     "Describe `scene` in `lang` ('en' or 'zh') with paraphrase `template` (0, 1 or 2)."
-    _check("language", lang, LANGUAGES)
+    check_choice("language", lang, LANGUAGES)
     if not 0 <= template < N_TEMPLATES:
         raise ValueError(f"template must be in 0..{N_TEMPLATES - 1}, got {template}")
     table = EN if lang == "en" else ZH
@@ -225,6 +219,14 @@ def caption(scene: Scene, lang: str = "en", template: int = 0) -> str:
         slots["a" + key] = actor_phrase(actor, lang)
         slots["p" + key] = table["position"][actor.position]
     return table["one" if len(scene.actors) == 1 else "two"][template].format(**slots)
+
+# %% ../nbs/00_storyworld.ipynb #b64cf623
+def word_pattern(*words: str) -> re.Pattern:
+    """A case-blind pattern for any of `words`, longest first: a word in Latin letters matches only whole ("red" is not
+    in "tired"), a Chinese word anywhere. The library's one way of finding StoryWorld's words in a text."""
+    alternatives = [rf"(?<![A-Za-z]){re.escape(w)}(?![A-Za-z])" if w.isascii() else re.escape(w)
+                    for w in sorted(set(words), key=len, reverse=True)]
+    return re.compile("|".join(alternatives) or r"(?!)", re.IGNORECASE)
 
 # %% ../nbs/00_storyworld.ipynb #4b37836f
 SLOT_FIELDS = {"shape": SHAPES, "colour": COLOURS, "size": SIZES}
@@ -277,8 +279,8 @@ class StoryWorldDataset(torch.utils.data.Dataset):
 
     def __init__(self, split: str = "train", n: int | None = None, image_size: int = 32, lang: str = "en",
                  seed: int = 0, n_actors: int | None = None, named: bool = False, drawn: bool = False):
-        _check("split", split, tuple(SPLIT_SIZES))
-        _check("language", lang, LANGUAGES + ("both",))
+        check_choice("split", split, tuple(SPLIT_SIZES))
+        check_choice("language", lang, LANGUAGES + ("both",))
         self.split, self.n, self.image_size, self.lang = split, n or SPLIT_SIZES[split], image_size, lang
         self.seed, self.n_actors, self.named = seed, n_actors, named
         self.pictures = drawn_pictures(split, self.n, image_size, seed, n_actors, named) if drawn else None
@@ -332,6 +334,14 @@ def storyworld_loader(split: str = "train", batch_size: int = 64, shuffle: bool 
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
                                        num_workers=num_workers, persistent_workers=num_workers > 0,
                                        generator=torch.Generator().manual_seed(seed))
+
+# %% ../nbs/00_storyworld.ipynb #2b997e52
+def load_split(split: str = "test", n: int = 1000, lang: str = "en", **kwargs) -> dict:
+    "Images, captions, labels and scenes of the first `n` items of a StoryWorld split, as one batch."
+    data = StoryWorldDataset(split, n=n, lang=lang, **kwargs)
+    batch = next(iter(torch.utils.data.DataLoader(data, batch_size=n)))
+    return {**batch, "caption": list(batch["caption"]), "scene": [data.scene(i) for i in range(n)]}
+
 
 # %% ../nbs/00_storyworld.ipynb #ff720a91
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -511,8 +521,8 @@ def train_judge(judge: AttributeJudge, config: dict, progress: bool = True) -> d
     return evaluate_judge(judge, "test", n=config["eval_size"], image_size=config["image_size"])
 
 
-judge_recipe = register_recipe(Recipe("judge", build_judge, train_judge, judge_config, ship_steps=4000,
-                                    description="StoryWorld attribute judge (CNN), the book's quality metric"))
+judge_recipe = Recipe("judge", build_judge, train_judge, judge_config, ship_steps=4000,
+                      description="StoryWorld attribute judge (CNN), the book's quality metric")
 
 # %% ../nbs/00_storyworld.ipynb #8da06fc0
 @torch.no_grad()

@@ -3,23 +3,22 @@
 # %% ../nbs/03_vqgan.ipynb #90724e58
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (History, Profile, Recipe, StorytellerError, cycle, default_mixed_precision, load_shipped,
-                              register_recipe, warmup_cosine)
+from .core import (History, Profile, Recipe, StorytellerError, check_choice, default_mixed_precision, fit,
+                              load_shipped)
 from .storyworld import draws_up_front, storyworld_loader
 from .vqvae import VQVAE, evaluate_vqvae, vqvae_config
 
 # %% auto #0
-__all__ = ['D_LOSSES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'vqgan_recipe', 'PatchDiscriminator', 'hinge_d_loss', 'vanilla_d_loss',
-           'generator_loss', 'adaptive_weight', 'PerceptualLoss', 'vgg16_perceptual', 'miniclip_perceptual',
-           'build_perceptual', 'VQGAN', 'vqgan_generator_loss', 'vqgan_discriminator_loss', 'fit_vqgan', 'vqgan_config',
-           'build_vqgan', 'train_vqgan']
+__all__ = ['D_LOSSES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'PERCEPTUAL_LOSSES', 'vqgan_recipe', 'PatchDiscriminator', 'hinge_d_loss',
+           'vanilla_d_loss', 'generator_loss', 'adaptive_weight', 'PerceptualLoss', 'vgg16_perceptual',
+           'miniclip_perceptual', 'build_perceptual', 'VQGAN', 'vqgan_generator_loss', 'vqgan_discriminator_loss',
+           'fit_vqgan', 'vqgan_config', 'build_vqgan', 'train_vqgan']
 
 # %% ../nbs/03_vqgan.ipynb #fca8cdb1
 def _init_patchgan(module: nn.Module) -> None:
@@ -63,11 +62,8 @@ def vanilla_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torc
 
 def generator_loss(logits_fake: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
     "The generator's adversarial loss: `-mean(D(x̂))` for `hinge`, non-saturating `softplus(-D(x̂))` for `vanilla`."
-    if kind == "hinge":
-        return -logits_fake.mean()
-    if kind == "vanilla":
-        return F.softplus(-logits_fake).mean()
-    raise ValueError(f"GAN loss kind must be 'hinge' or 'vanilla', got {kind!r}")
+    check_choice("GAN loss", kind, D_LOSSES)
+    return -logits_fake.mean() if kind == "hinge" else F.softplus(-logits_fake).mean()
 
 
 D_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss}
@@ -144,13 +140,13 @@ def miniclip_perceptual(model: nn.Module | None = None) -> PerceptualLoss:
     return PerceptualLoss(net, taps, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # the encoder's own input scaling
 
 
+PERCEPTUAL_LOSSES = ("miniclip", "vgg16")
+
+
 def build_perceptual(name: str) -> PerceptualLoss:
     "The perceptual loss a config names: `miniclip` (offline) or `vgg16` (ImageNet weights, needs them downloadable)."
-    if name == "miniclip":
-        return miniclip_perceptual()
-    if name == "vgg16":
-        return vgg16_perceptual()
-    raise ValueError(f"perceptual must be 'miniclip' or 'vgg16', got {name!r}")
+    check_choice("perceptual loss", name, PERCEPTUAL_LOSSES)
+    return miniclip_perceptual() if name == "miniclip" else vgg16_perceptual()
 
 # %% ../nbs/03_vqgan.ipynb #41aaf075
 class VQGAN(VQVAE):
@@ -187,57 +183,45 @@ def vqgan_generator_loss(model: VQGAN, images: torch.Tensor, perceptual: Percept
 def vqgan_discriminator_loss(model: VQGAN, images: torch.Tensor, reconstructions: torch.Tensor,
                              gan_loss: str = "hinge") -> torch.Tensor:
     "The critic's loss on real images and (detached) reconstructions."
-    return D_LOSSES[gan_loss](model.discriminator(images).float(), model.discriminator(reconstructions.detach()).float())
+    d_loss = D_LOSSES[check_choice("GAN loss", gan_loss, D_LOSSES)]
+    return d_loss(model.discriminator(images).float(), model.discriminator(reconstructions.detach()).float())
 
 # %% ../nbs/03_vqgan.ipynb #00e98ef2
 def fit_vqgan(model: VQGAN, perceptual: PerceptualLoss, data, steps: int, *, lr: float = 1e-3, d_lr: float = 2e-4,
               warmup: int = 0, disc_start: int = 0, max_grad_norm: float | None = 1.0, progress: bool = True,
               desc: str = "VQGAN", **loss_options) -> History:
-    "Train a `VQGAN` for `steps` steps (critic from `disc_start` on); `loss_options` go to `vqgan_generator_loss`."
+    """Train a `VQGAN` for `steps` steps with `fit`: the autoencoder by `fit`'s optimiser, the critic (from `disc_start`
+    on) in its step hook; `loss_options` go to `vqgan_generator_loss`."""
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    accelerator = Accelerator(mixed_precision=default_mixed_precision())
-    if accelerator.num_processes > 1:
+    critic = Accelerator(mixed_precision=default_mixed_precision())  # the process's accelerate state, shared with fit
+    if critic.num_processes > 1:
         raise StorytellerError("VQGAN training runs in one process: its two optimisers, the adaptive weight's autograd.grad "
-                         "and the codebook's running averages are not data-parallel here; launch it without "
-                         "torchrun or accelerate launch")
-    model.to(accelerator.device).train(); perceptual.to(accelerator.device)
-    opt_g = torch.optim.AdamW(model.autoencoder_parameters(), lr=lr, weight_decay=0.0)
-    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=d_lr, betas=(0.5, 0.9))
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt_g, lambda s: warmup_cosine(s, steps, warmup))
-    opt_g, opt_d, data = accelerator.prepare(opt_g, opt_d, data)
-    gan_loss = loss_options.get("gan_loss", "hinge")
-    history, batches, start = History(), cycle(data), time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, disable=not progress)
-    for step in bar:
-        images = next(batches)["image"].to(accelerator.device)
-        gan_on = step >= disc_start
-        with accelerator.autocast():
-            loss, recon, logs = vqgan_generator_loss(model, images, perceptual, gan_on, **loss_options)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}")
-        opt_g.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if max_grad_norm is not None:
-            accelerator.clip_grad_norm_(model.autoencoder_parameters(), max_grad_norm)
-        opt_g.step(); schedule.step()
-        if gan_on:
-            with accelerator.autocast():
-                d_loss = vqgan_discriminator_loss(model, images, recon, gan_loss)
-            opt_d.zero_grad(set_to_none=True)  # also drops what the generator's GAN term left on the critic
-            accelerator.backward(d_loss)
-            opt_d.step()
-            logs["d_loss"] = d_loss.item()
-        history.losses.append(loss.item())
-        for key, value in {"d_weight": 0.0, "g_loss": 0.0, "d_loss": 0.0, **logs}.items():
-            history.logs.setdefault(key, []).append(float(value))
-        bar.set_postfix(loss=f"{loss.item():.4f}", d_weight=f"{logs.get('d_weight', 0.0):.2f}", refresh=False)
-    history.seconds = time.perf_counter() - start
-    model.eval()
-    return history
+                               "and the codebook's running averages are not data-parallel here; launch it without "
+                               "torchrun or accelerate launch")
+    perceptual.to(critic.device)
+    opt_d = critic.prepare(torch.optim.Adam(model.discriminator.parameters(), lr=d_lr, betas=(0.5, 0.9)))
+    gan_loss, seen = loss_options.get("gan_loss", "hinge"), {"step": 0}
+
+    def generator_step(m: VQGAN, batch: dict) -> tuple[torch.Tensor, dict]:
+        loss, seen["recon"], logs = vqgan_generator_loss(m, batch["image"], perceptual, seen["step"] >= disc_start,
+                                                         **loss_options)
+        return loss, {"d_weight": 0.0, "g_loss": 0.0, **logs}
+
+    def critic_step(step: int, batch: dict) -> dict:
+        seen["step"] = step + 1
+        if step < disc_start:
+            return {"d_loss": 0.0}
+        with critic.autocast():
+            d_loss = vqgan_discriminator_loss(model, batch["image"], seen["recon"], gan_loss)
+        opt_d.zero_grad(set_to_none=True)  # also drops what the generator's GAN term left on the critic
+        critic.backward(d_loss)
+        opt_d.step()
+        return {"d_loss": d_loss.item()}
+
+    return fit(model, generator_step, data, steps, lr=lr, warmup=warmup, max_grad_norm=max_grad_norm, progress=progress,
+               desc=desc, parameters=model.autoencoder_parameters(), on_step=critic_step)
+
 
 # %% ../nbs/03_vqgan.ipynb #14d29ad3
 def vqgan_config(profile: Profile) -> dict:
@@ -273,5 +257,6 @@ def train_vqgan(model: VQGAN, config: dict, progress: bool = True) -> dict:
     return metrics
 
 
-vqgan_recipe = register_recipe(Recipe("vqgan", build_vqgan, train_vqgan, vqgan_config, ship_steps=3000,
-                                      description="VQGAN on StoryWorld: the vqvae setup + PatchGAN critic + perceptual loss"))
+vqgan_recipe = Recipe("vqgan", build_vqgan, train_vqgan, vqgan_config, ship_steps=3000,
+                      description="VQGAN on StoryWorld: the vqvae setup + PatchGAN critic + perceptual loss",
+                      choices={"gan_loss": tuple(D_LOSSES), "perceptual": PERCEPTUAL_LOSSES})

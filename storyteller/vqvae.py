@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Profile, Recipe, fit, get_device, load_shipped, register_recipe
-from .foundations import load_split
-from .storyworld import AttributeJudge, attribute_accuracy, draws_up_front, storyworld_fid, storyworld_loader
+from .core import Profile, Recipe, check_choice, fit, get_device, load_shipped
+from .storyworld import AttributeJudge, attribute_accuracy, draws_up_front, load_split, storyworld_fid, storyworld_loader
 
 # %% auto #0
 __all__ = ['vqvae_recipe', 'Quantized', 'nearest_code', 'kmeans', 'code_perplexity', 'VectorQuantizer', 'group_norm',
@@ -67,8 +66,7 @@ class VectorQuantizer(nn.Module):
                  eps: float = 1e-5, kmeans_init: bool = False, kmeans_iters: int = 10,
                  dead_code_threshold: float = 0.0, distance: str = "l2", chunk_size: int = 16384):
         super().__init__()
-        if distance not in ("l2", "cosine"):
-            raise ValueError(f"distance must be 'l2' or 'cosine', got {distance!r}")
+        check_choice("distance", distance, ("l2", "cosine"))
         self.num_codes, self.dim, self.beta, self.ema, self.decay, self.eps = num_codes, dim, beta, ema, decay, eps
         self.kmeans_iters, self.dead_code_threshold = kmeans_iters, dead_code_threshold
         self.distance, self.chunk_size = distance, chunk_size
@@ -360,5 +358,5 @@ def train_vqvae(model: VQVAE, config: dict, progress: bool = True) -> dict:
     return evaluate_vqvae(model, config["eval_size"], config["image_size"])
 
 
-vqvae_recipe = register_recipe(Recipe("vqvae", build_vqvae, train_vqvae, vqvae_config, ship_steps=3000,
-                                      description="VQ-VAE on StoryWorld: 8×8 tokens, 512 codes, EMA + k-means + restart"))
+vqvae_recipe = Recipe("vqvae", build_vqvae, train_vqvae, vqvae_config, ship_steps=3000,
+                      description="VQ-VAE on StoryWorld: 8×8 tokens, 512 codes, EMA + k-means + restart")

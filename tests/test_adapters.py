@@ -9,7 +9,8 @@ import torch
 
 from storyteller.adapters import (BLIP2Adapter, Capability, CLIPAdapter, LLaVAAdapter, QwenVLAdapter,
                                   UnsupportedCapability, trim_prompts)
-from storyteller.manager import MODEL_TYPES, ModelManager, TaskCoordinator, tiny_hf_config
+from storyteller.manager import MODEL_TYPES, ModelManager, TaskCoordinator
+from storyteller.tiny import tiny_hf_config
 from storyteller.storyworld import caption, render, sample_scene
 
 SCENES = [sample_scene(random.Random(i), 1) for i in range(4)]

@@ -202,7 +202,7 @@ def test_two_characters_in_their_places_are_drawn_by_regions():
 def test_a_new_character_is_trained_once_then_cached(monkeypatch):
     "Max has no shipped adapter: `learn` trains one into STORYTELLER_HOME, and the second call only loads it."
     artist = CharacterIllustrator()
-    max_look = lora.Character("Max", "circle", "blue", "small")
+    max_look = lora.CharacterLook("Max", "circle", "blue", "small")
     folder = artist.learn(max_look, steps=3, progress=False)
     assert folder.parent.name == "characters" and folder.name == f"Max-small-blue-circle-3-32pairs-{artist.base}"
     assert re.fullmatch(r"shipped-unet-[0-9a-f]{6}", artist.base)  # names the shipped U-Net it fits

@@ -11,8 +11,9 @@ import torch
 
 from standin import DEVICE, OnDevice, StandInDevice
 from storyteller import lora
-from storyteller.core import RECIPE_MODULES, fit, get_profile, get_recipe, load_shipped, seed_everything
-from storyteller.manager import ModelManager, TaskCoordinator, parse_config, tiny_hf_config
+from storyteller.core import fit, get_profile, get_recipe, load_shipped, seed_everything
+from storyteller.manager import ModelManager, TaskCoordinator, parse_config
+from storyteller.tiny import save_tiny_clip, tiny_hf_config
 from storyteller.storyworld import render, sample_scene
 
 CAPTIONS = ["a big orange star on the left of a meadow", "Luna the small pink triangle in the centre of the sea"]
@@ -27,7 +28,8 @@ def training_device():
 
     with pytest.MonkeyPatch.context() as patch, StandInDevice():
         patch.setattr(accelerate.Accelerator, "device", property(lambda self: DEVICE))
-        for name in RECIPE_MODULES + ("storyteller.core", "storyteller.lora"):
+        for name in ("storyteller.storyworld", "storyteller.foundations", "storyteller.vqvae", "storyteller.vqgan",
+                     "storyteller.diffusion", "storyteller.dit", "storyteller.core", "storyteller.lora"):
             module = importlib.import_module(name)
             if hasattr(module, "get_device"):
                 patch.setattr(module, "get_device", lambda prefer=None: DEVICE)
@@ -99,7 +101,7 @@ def test_character_adapters_train_swap_and_draw_regions_on_a_device(tmp_path):
                                                        steps=3, generator=seeded())
     unet = load_shipped("unet")[0]
     with training_device():
-        history = lora.teach_character(unet, lora.Character("Pip", "star", "orange", "big"), steps=2, batch_size=4,
+        history = lora.teach_character(unet, lora.CharacterLook("Pip", "star", "orange", "big"), steps=2, batch_size=4,
                                        n_examples=4, progress=False)
         assert on(unet) == {DEVICE.type} and len(history.losses) == 2
         folder = lora.save_adapter(unet.denoiser, tmp_path / "pip")
@@ -113,7 +115,7 @@ def test_character_adapters_train_swap_and_draw_regions_on_a_device(tmp_path):
 def test_lora_on_a_hugging_face_clip_trains_on_a_device(tmp_path):
     from transformers import CLIPModel, CLIPProcessor
 
-    source = lora.save_tiny_clip(tmp_path / "clip")
+    source = save_tiny_clip(tmp_path / "clip")
     clip, processor = CLIPModel.from_pretrained(source), CLIPProcessor.from_pretrained(source)
     lora.inject_lora(clip, ["q_proj", "v_proj"], r=4, alpha=8)
     loader = lora.processor_loader(lora.storyworld_pairs("train", 8), processor, 4)

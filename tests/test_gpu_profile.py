@@ -23,8 +23,8 @@ TIMES: dict[str, float] = {}
 
 def hub_standins(cache: Path) -> None:
     "Tiny models of the real classes under the hub ids the gpu cells name, laid out as the Hugging Face cache does."
-    from storyteller.adapters import save_tiny_blip2_retrieval, save_tiny_llava, save_tiny_qwen_vl
-    from storyteller.lora import BLIP2_OPT, CLIP_BASE, save_tiny_blip2, save_tiny_clip
+    from storyteller.tiny import save_tiny_blip2, save_tiny_blip2_retrieval, save_tiny_clip, save_tiny_llava, save_tiny_qwen_vl
+    from storyteller.lora import BLIP2_OPT, CLIP_BASE
     from storyteller.manager import GPU_CONFIG
 
     savers = {CLIP_BASE: save_tiny_clip, BLIP2_OPT: save_tiny_blip2, "Salesforce/blip2-itm-vit-g": save_tiny_blip2_retrieval,

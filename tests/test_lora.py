@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from transformers import CLIPModel
 
-from storyteller.lora import (PEFT_PREFIX, Character, LoRALinear, character_loader, clip_base_config,
+from storyteller.lora import (PEFT_PREFIX, CharacterLook, LoRALinear, character_loader, clip_base_config,
                               count_parameters, find_lora_targets, inject_lora, load_adapter, lora_layers,
-                              lora_state_dict, merge_lora, meta_model, save_adapter, save_tiny_blip2, save_tiny_clip,
-                              unmerge_lora)
+                              lora_state_dict, merge_lora, meta_model, save_adapter, unmerge_lora)
+from storyteller.tiny import save_tiny_blip2, save_tiny_clip
 
 
 
@@ -163,7 +163,7 @@ def test_meta_device_counts_match_peft_and_stay_under_one_percent_for_clip_base(
 
 
 def test_character_loader_mixes_in_the_prior_share():
-    loader = character_loader(Character("Pip", "star", "orange", "big"), steps=40, batch_size=32, n_prior=64)
+    loader = character_loader(CharacterLook("Pip", "star", "orange", "big"), steps=40, batch_size=32, n_prior=64)
     captions = [c for batch in loader for c in batch["caption"]]
     assert len(captions) == 40 * 32
     share = sum("pip" not in c.lower() for c in captions) / len(captions)
