@@ -683,10 +683,12 @@ class StorytellerAI:
         if name not in self.current.characters:
             raise StoryError(f"no character named {name!r}; the story has {', '.join(self.current.characters) or 'none'}")
         look = character_look(name, self.current.characters[name].description)
-        with self.coordinator.manager.use(self.coordinator.route(Capability.IMAGE_GENERATION, self.language)) as model:
-            if not isinstance(model, CharacterIllustrator):
-                raise StoryError(f"the illustrator {model.name!r} ({type(model).__name__}) cannot learn characters: "
-                                 "give the config a 'character-illustrator' model")
+        illustrator = self.coordinator.route(Capability.IMAGE_GENERATION, self.language)
+        if not self.can_learn_characters():
+            kind = self.coordinator.manager.spec(illustrator).type
+            raise StoryError(f"the illustrator {illustrator!r} (type {kind!r}) cannot learn characters: "
+                             "give the config a 'character-illustrator' model")
+        with self.coordinator.manager.use(illustrator) as model:
             return model.learn(look, steps, progress=progress)
 
     def story_prompt(self, names: list[str] | None = None, extra: str = "") -> str:
