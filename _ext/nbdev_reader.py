@@ -6,6 +6,7 @@ It also serves MathJax from a local copy so formulas typeset without a network.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -80,7 +81,29 @@ def _quiet_kernels() -> None:
     os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), warning]))
 
 
+def library_hash(root: Path) -> str:
+    """A hash of what a chapter's outputs depend on besides the notebook: the package's code and checkpoints, and the
+    profile and step cap the build runs with."""
+    digest = hashlib.sha256(repr([os.environ.get(k) for k in ("STORYTELLER_PROFILE", "STORYTELLER_STEP_CAP")]).encode())
+    for path in sorted(p for p in (root / "storyteller").rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _drop_stale_cache(app) -> None:
+    """The execution cache keys a notebook on its own code only: when the library changed since the cache was filled,
+    empty it, so every chapter runs again on the new library (unchanged notebooks on an unchanged library are reused)."""
+    build = Path(app.outdir).parent
+    cache, stamp = build / ".jupyter_cache", build / ".library-hash"
+    current = library_hash(Path(app.srcdir))
+    if not stamp.exists() or stamp.read_text() != current:
+        shutil.rmtree(cache, ignore_errors=True)
+        build.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(current)
+
+
 def setup(app):
     _quiet_kernels()
+    app.connect("builder-inited", _drop_stale_cache)
     app.connect("build-finished", _copy_mathjax)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -23,12 +23,33 @@ def book(tmp_path_factory):
     "Build the book once for this module: cpu profile, a scratch STORYTELLER_HOME, the current interpreter's tools."
     env = {**os.environ, "STORYTELLER_PROFILE": "cpu", "STORYTELLER_HOME": str(tmp_path_factory.mktemp("home"))}
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
-    # --all: Sphinx otherwise re-reads (and so re-executes) only notebooks whose source changed, and a
-    # change to the library alone would pass unexecuted
+    # --all: Sphinx otherwise re-reads only notebooks whose source changed; the execution cache then reuses a chapter's
+    # outputs only while the library and the profile are unchanged (_ext/nbdev_reader.py)
     result = subprocess.run([str(jupyter_book), "build", ".", "--all", "-W", "-n", "--keep-going"], cwd=ROOT,
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0, f"book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
     return HTML
+
+
+def test_the_execution_cache_is_dropped_when_the_library_changes(tmp_path, monkeypatch):
+    "Cached chapter outputs are reused only while the library (code, checkpoints) and the profile stay the same."
+    sys.path.insert(0, str(ROOT / "_ext"))
+    from nbdev_reader import _drop_stale_cache
+
+    (tmp_path / "storyteller").mkdir()
+    (tmp_path / "storyteller" / "core.py").write_text("x = 1")
+    app = type("App", (), {"srcdir": str(tmp_path), "outdir": str(tmp_path / "_build" / "html")})()
+    cache = tmp_path / "_build" / ".jupyter_cache"
+    fill = lambda: (cache.mkdir(parents=True, exist_ok=True), (cache / "global.db").write_text("outputs"))
+    fill(); _drop_stale_cache(app)
+    assert not cache.exists()  # no stamp yet: nothing is known about what filled the cache
+    fill(); _drop_stale_cache(app)
+    assert cache.exists()  # same library: the outputs are reused
+    (tmp_path / "storyteller" / "core.py").write_text("x = 2")
+    _drop_stale_cache(app)
+    assert not cache.exists()  # the library changed: every chapter runs again
+    fill(); monkeypatch.setenv("STORYTELLER_PROFILE", "gpu"); _drop_stale_cache(app)
+    assert not cache.exists()  # so did the profile
 
 
 @pytest.mark.book
