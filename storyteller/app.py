@@ -26,8 +26,8 @@ __all__ = ['SCHEMA_VERSION', 'LANGUAGES', 'IMAGE_SOURCES', 'PNG_MODES', 'MAX_PIC
            'QUESTIONS', 'StoryError', 'check_language', 'Character', 'StoryScene', 'Story', 'image_paths', 'png_ready',
            'png_bytes', 'story_record', 'story_from_record', 'story_files', 'save_story', 'read_record', 'load_story',
            'to_markdown', 'to_html', 'look_words', 'name_at', 'first_word', 'storyworld_name', 'character_look',
-           'CharacterIllustrator', 'names_look', 'paragraph_scene', 'paragraphs', 'prompt_characters', 'StorytellerAI',
-           'character_consistency', 'show_story']
+           'CharacterIllustrator', 'paragraphs', 'prompt_characters', 'names_look', 'paragraph_scene',
+           'character_consistency', 'StorytellerAI', 'show_story']
 
 # %% ../nbs/08_storyteller.ipynb #cda94a84
 SCHEMA_VERSION = 1
@@ -430,6 +430,7 @@ def character_look(name: str, description: str) -> lora.CharacterLook:
     return lora.CharacterLook(storyworld_name(name), look["shape"], look["colour"], look["size"])
 
 
+# %% ../nbs/08_storyteller.ipynb #ce66d050
 class CharacterIllustrator(IllustratorAdapter):
     """Chapter 7's illustrator (the U-Net by default) with a LoRA adapter per character (chapter 6): a prompt that puts
     two characters with adapters in their places is drawn by regions, each with its own adapter (chapter 6's
@@ -542,7 +543,7 @@ def _with_illustrator(config: dict, illustrator: dict, drop: tuple[str, ...] = (
 APP_CONFIG = _with_illustrator(OFFLINE_CONFIG, {"name": "illustrator", "type": "character-illustrator"})
 APP_GPU_CONFIG = _with_illustrator(GPU_CONFIG, {"name": "illustrator", "type": "character-illustrator", "device": "cuda"})
 
-# %% ../nbs/08_storyteller.ipynb #d554bd5c
+# %% ../nbs/08_storyteller.ipynb #1f3786be
 import random
 import zlib
 
@@ -551,8 +552,20 @@ from .storyworld import POSITIONS, actor_phrase
 from .manager import ModelManager, TaskCoordinator
 
 
-STORY_PROMPT = {"en": ("Write a short story in four paragraphs about {cast}.", "{name}, {description}", ", and "),
-                "zh": ("写一个关于{cast}的短故事，分四段。", "{name}（{description}）", "和")}
+def paragraphs(text: str) -> list[str]:
+    "A story's paragraphs: blocks between blank lines (or the lines, when a writer puts no blank line between them)."
+    blocks = [b.strip() for b in re.split(r"\n\s*\n", text) if b.strip()]
+    return [line.strip() for line in text.splitlines() if line.strip()] if len(blocks) == 1 else blocks
+
+
+def prompt_characters(prompt: str) -> dict[str, str]:
+    """The StoryWorld characters a prompt names, each with its look as the template writer will draw it (the look
+    words named after the name; the rest drawn, seeded by the prompt) — named as the prompt names them."""
+    language = "zh" if is_chinese(prompt) else "en"
+    cast = story_cast(prompt, random.Random(zlib.crc32(prompt.encode())))
+    named = [a for a in cast if name_at(a.name, prompt) is not None]
+    return {(ZH["name"][a.name] if language == "zh" else a.name):
+            actor_phrase(Actor(a.shape, a.colour, a.size, a.position), language) for a in named}
 
 
 def names_look(text: str, description: str) -> bool:
@@ -586,6 +599,29 @@ def paragraph_scene(text: str, characters: dict[str, Character], language: str =
     return Scene(background, tuple(sorted(actors, key=lambda a: POSITIONS.index(a.position))))
 
 
+# %% ../nbs/08_storyteller.ipynb #9df7a149
+from .adapters import image_batch, read_scenes
+
+
+def character_consistency(story: Story, judge) -> dict[str, float]:
+    """For each character, the share of its illustrated scenes whose picture shows an actor with the character's look
+    (the shape, colour and size its description names), as the judge reads the pictures."""
+    shown: dict[str, list[bool]] = {}
+    scenes = [s for s in story.scenes if s.image is not None and s.characters]
+    if not scenes:
+        return {}
+    read = read_scenes(judge, image_batch([s.image for s in scenes]))
+    for scene, seen in zip(scenes, read):
+        for name in scene.characters:
+            look = look_words(story.characters[name].description)
+            shown.setdefault(name, []).append(any(all(getattr(a, k) == v for k, v in look.items()) for a in seen.actors))
+    return {name: sum(v) / len(v) for name, v in shown.items()}
+
+# %% ../nbs/08_storyteller.ipynb #6fc7446c
+STORY_PROMPT = {"en": ("Write a short story in four paragraphs about {cast}.", "{name}, {description}", ", and "),
+                "zh": ("写一个关于{cast}的短故事，分四段。", "{name}（{description}）", "和")}
+
+
 QUESTION_CYCLE = ("position", "colour", "background", "size", "shape")
 QUESTIONS = {  # each names the character by the rest of its look, so the describer knows whom it asks about
     "en": {"position": "Where is the {size} {colour} {shape}?", "colour": "What colour is the {size} {shape}?",
@@ -594,22 +630,6 @@ QUESTIONS = {  # each names the character by the rest of its look, so the descri
     "zh": {"position": "{size}{colour}{shape}在哪里？", "colour": "{size}{shape}是什么颜色？",
            "size": "{colour}{shape}有多大？", "shape": "{size}{colour}的是什么形状？", "background": "背景是什么地方？"},
 }
-
-
-def paragraphs(text: str) -> list[str]:
-    "A story's paragraphs: blocks between blank lines (or the lines, when a writer puts no blank line between them)."
-    blocks = [b.strip() for b in re.split(r"\n\s*\n", text) if b.strip()]
-    return [line.strip() for line in text.splitlines() if line.strip()] if len(blocks) == 1 else blocks
-
-
-def prompt_characters(prompt: str) -> dict[str, str]:
-    """The StoryWorld characters a prompt names, each with its look as the template writer will draw it (the look
-    words named after the name; the rest drawn, seeded by the prompt) — named as the prompt names them."""
-    language = "zh" if is_chinese(prompt) else "en"
-    cast = story_cast(prompt, random.Random(zlib.crc32(prompt.encode())))
-    named = [a for a in cast if name_at(a.name, prompt) is not None]
-    return {(ZH["name"][a.name] if language == "zh" else a.name):
-            actor_phrase(Actor(a.shape, a.colour, a.size, a.position), language) for a in named}
 
 
 class StorytellerAI:
@@ -821,23 +841,6 @@ class StorytellerAI:
         self.language = self.story.language
         return self.story
 
-# %% ../nbs/08_storyteller.ipynb #111240f7
-from .adapters import image_batch, read_scenes
-
-
-def character_consistency(story: Story, judge) -> dict[str, float]:
-    """For each character, the share of its illustrated scenes whose picture shows an actor with the character's look
-    (the shape, colour and size its description names), as the judge reads the pictures."""
-    shown: dict[str, list[bool]] = {}
-    scenes = [s for s in story.scenes if s.image is not None and s.characters]
-    if not scenes:
-        return {}
-    read = read_scenes(judge, image_batch([s.image for s in scenes]))
-    for scene, seen in zip(scenes, read):
-        for name in scene.characters:
-            look = look_words(story.characters[name].description)
-            shown.setdefault(name, []).append(any(all(getattr(a, k) == v for k, v in look.items()) for a in seen.actors))
-    return {name: sum(v) / len(v) for name, v in shown.items()}
 
 # %% ../nbs/08_storyteller.ipynb #d570745d
 def show_story(story: Story, ncols: int = 3, width: int = 34):

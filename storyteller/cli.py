@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# %% ../nbs/A2_cli.ipynb #80b1e033
 def _train(args: argparse.Namespace) -> str:
     "Run `storyteller train`; return the summary line (on the main process only, when launched on several)."
     from accelerate import PartialState
@@ -94,6 +95,7 @@ def _list() -> str:
     return "\n".join(lines)
 
 
+# %% ../nbs/A2_cli.ipynb #ac31d6dc
 DEMO = {  # the demo story in each language: title, characters, the reader's continuation
     "en": ("Pip and Luna", {"Pip": "a big orange star", "Luna": "a small pink triangle"},
            "Then Pip and Luna went to the sea."),
@@ -157,6 +159,7 @@ def _models(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+# %% ../nbs/A2_cli.ipynb #fc66bee1
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `storyteller` command; returns the exit status. A user's error (a `StorytellerError`)
     prints one line and returns 2; anything else is a bug and raises with its traceback."""
@@ -172,3 +175,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"storyteller: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     return 0
+

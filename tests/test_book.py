@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from chapters import CHAPTERS
+
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
-CHAPTERS = ["index", "00_storyworld", "01_foundations", "02_vqvae", "03_vqgan", "04_diffusion", "05_dit", "06_lora", "07_integration", "07b_manager", "08_storyteller", "A1_core", "A1b_recipes",
-            "A2_cli", "A3_tiny"]
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import pytest
 import torch
 from nbclient import NotebookClient
 
+from chapters import CHAPTERS
+
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = ["index", "00_storyworld", "01_foundations", "02_vqvae", "03_vqgan", "04_diffusion", "05_dit", "06_lora",
-            "07_integration", "07b_manager", "08_storyteller", "A1_core", "A2_cli"]
 SNAPSHOT = "0" * 40  # the commit the fake cache says each stand-in was downloaded at
 TIMES: dict[str, float] = {}
 
