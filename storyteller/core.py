@@ -172,6 +172,7 @@ def default_mixed_precision() -> str:
     return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
 
+# %% ../nbs/A1_core.ipynb #73f4efdd
 def _accelerator(mixed_precision: str | None, grad_accum: int):
     "The `Accelerator` a `fit` run uses: the process's mixed precision, `grad_accum` steps, batches split over processes."
     from accelerate import Accelerator
@@ -388,6 +389,7 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
+# %% ../nbs/A1_core.ipynb #ae89ae55
 def hardware() -> str:
     "A short description of the device training runs on, for provenance records."
     device = get_device()
@@ -421,6 +423,7 @@ def versions() -> dict[str, str]:
     return out
 
 
+# %% ../nbs/A1_core.ipynb #ff6ae087
 def resolve_config(recipe: Recipe, profile: Profile | None = None, /, **overrides) -> dict:
     """The recipe's config for `profile`, with `overrides` applied (and its training and evaluation-sampling steps
     capped in a smoke run); an unknown key raises `ConfigError`."""
@@ -486,6 +489,7 @@ def train_model(name: str, out: str | Path | None = None, profile: Profile | Non
         save_checkpoint(model, out, provenance)
     state.wait_for_everyone()
     return model, provenance
+
 
 # %% ../nbs/A1_core.ipynb #9d6e4a1f
 SHIPPED_DIR = PACKAGE_DIR / "checkpoints"

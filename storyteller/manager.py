@@ -75,6 +75,7 @@ def register_model_type(model_type: ModelType) -> ModelType:
     return model_type
 
 
+# %% ../nbs/07b_manager.ipynb #ec6ce549
 DEVICE = re.compile(r"cpu|mps|cuda(:[0-9]+)?")
 
 
@@ -142,6 +143,7 @@ def parse_config(config: Any, source: str = "config") -> list[ModelSpec]:
     return specs
 
 
+# %% ../nbs/07b_manager.ipynb #3c8a9fdf
 def read_config(path: str | Path) -> list[ModelSpec]:
     "Validated specs from a JSON (`.json`) or YAML (`.yaml`, `.yml`) file."
     import yaml
@@ -166,6 +168,7 @@ def read_config(path: str | Path) -> list[ModelSpec]:
     except (ValueError, RecursionError) as e:  # a number too long to read, nesting too deep to parse
         raise ConfigError(f"{path}: cannot be read as a config ({str(e)[:120]})") from e
     return parse_config(data, str(path))
+
 
 # %% ../nbs/07b_manager.ipynb #e8fd838c
 QUANTIZED_BYTES = {"8bit": 1.0, "4bit": 0.5 + 4 / 64}  # nf4: half a byte, plus a float32 scale per block of 64
@@ -261,6 +264,7 @@ def estimate_own_bytes(spec: ModelSpec, recipe: str) -> int:
     return parameter_bytes(model)
 
 
+# %% ../nbs/07b_manager.ipynb #8b892ece
 def hf_model_kwargs(spec: ModelSpec) -> dict:
     return {"name": spec.name, "device": spec.device, "dtype": spec.dtype, "quantization": spec.quantization,
             "batch_size": spec.options.get("batch_size", GENERATION_BATCH)}
@@ -314,6 +318,7 @@ for model_type in (
                        "known_words_only": bool}),
 ):
     register_model_type(model_type)
+
 
 # %% ../nbs/07b_manager.ipynb #7aa91455
 OFFLINE_CONFIG = {"models": [

@@ -145,6 +145,7 @@ def word_tokenizer(special: Sequence[str], chat_template: str, pad: str, eos: st
                                    chat_template=chat_template)
 
 
+# %% ../nbs/A3_tiny.ipynb #1bc4e3f0
 def _save_with_generation_ids(model: nn.Module, tokenizer, directory: str | Path) -> None:
     "Save `model` with pad/eos/bos in its generation config, so that `generate` needs no extra arguments."
     g = model.generation_config
@@ -207,6 +208,7 @@ def save_tiny_qwen_vl(directory: str | Path, version: str = "2", width: int = 32
         image_processor=transformers.Qwen2VLImageProcessor(**common), tokenizer=tokenizer,
         video_processor=transformers.Qwen2VLVideoProcessor(**common), chat_template=QWEN_TEMPLATE).save_pretrained(directory)
     return Path(directory)
+
 
 # %% ../nbs/A3_tiny.ipynb #be7a0641
 def tiny_hf_config(directory: str | Path) -> dict:
