@@ -32,7 +32,7 @@ def test_bad_requests_are_clear_errors():
     for key in ("profile", "out"):  # named like train_model's own arguments: refused, not a TypeError
         result = run("train", "unet", "--set", f"{key}=gpu")
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-        assert f"recipe 'unet'" in result.stderr and key in result.stderr
+        assert "recipe 'unet'" in result.stderr and key in result.stderr
     result = run("train", "miniclip", "--steps", "1", env={**os.environ, "WORLD_SIZE": "2"})  # as under torchrun
     assert result.returncode == 2 and "mini-CLIP training runs in one process" in result.stderr, result.stderr
 

@@ -1,6 +1,5 @@
 "Fuzz tests: whatever a story folder or a config holds, the library answers with a result or its own error, never a traceback."
 import copy
-import io
 import json
 import random
 import shutil

@@ -4,11 +4,10 @@ story-length generation, stays within the manager's budget. The checkpoints' con
 weight totals."""
 
 import pytest
-import torch
 import transformers
 
 from storyteller.lora import meta_model
-from storyteller.manager import (GPU_CONFIG, MODEL_TYPES, ModelManager, parse_config, published_configs,
+from storyteller.manager import (GPU_CONFIG, MODEL_TYPES, ModelManager, published_configs,
                                  with_published_configs)
 
 T4 = 15 * 10**9  # the issue's yardstick: a T4's usable memory
@@ -44,10 +43,3 @@ def test_every_model_fits_a_t4_while_it_generates(local, which):
     assert {"llava", "qwen2-vl", "blip2"} <= set(sizes)  # LLaVA in 4 bits is back beside the others
 
 
-def test_llava_in_float16_would_not_fit(local):
-    "The check can fail: LLaVA-1.5 7B unquantized takes 14 GB before it generates anything."
-    config = local(GPU_CONFIG)
-    entry = next(e for e in config["models"] if e["name"] == "llava")
-    del entry["quantization"]
-    spec = next(s for s in parse_config(config) if s.name == "llava")
-    assert MODEL_TYPES["llava"].estimate_bytes(spec) > BUDGET
