@@ -57,6 +57,7 @@ CAPTION_PROMPTS = {  # what a chat model is asked for each caption style
 }
 
 
+# %% ../nbs/07_integration.ipynb #5e732922
 class MultimodalModel:
     """One interface over every model of the book. A subclass implements what its checkpoint can do and lists it in
     `capabilities` (and `languages`); every other call raises `UnsupportedCapability`."""
@@ -131,6 +132,7 @@ def _check_lengths(images: Sequence, texts: Sequence, what: str = "questions") -
     _require_items(texts, what)
     if len(images) != len(texts):
         raise ValueError(f"got {len(images)} images and {len(texts)} {what}; give one per image")
+
 
 # %% ../nbs/07_integration.ipynb #55399bf7
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -421,6 +423,7 @@ def is_chinese(text: str) -> bool:
     return any("\u4e00" <= ch <= "\u9fff" for ch in text)
 
 
+# %% ../nbs/07_integration.ipynb #ebe44226
 class MiniCLIPAdapter(MultimodalModel):
     "Chapter 1's mini-CLIP: normalised embeddings and cosine matching of StoryWorld pictures and captions (en, zh)."
     capabilities = frozenset({Capability.IMAGE_EMBEDDING, Capability.TEXT_EMBEDDING, Capability.MATCHING})
@@ -443,6 +446,7 @@ class MiniCLIPAdapter(MultimodalModel):
         return l2_normalize(self._embed_texts(self.model, self.tokenizer, list(texts)))
 
 
+# %% ../nbs/07_integration.ipynb #e09c4b28
 class IllustratorAdapter(MultimodalModel):
     """A text-to-image model of chapters 4–5 (the DiT by default): one picture per prompt, DDIM with guidance. Words
     its tokenizer does not know are dropped from the prompt (`known_words_only`), leaving the caption inside a
@@ -470,6 +474,7 @@ class IllustratorAdapter(MultimodalModel):
         images = self.model.generate(prompts, steps=self.steps, guidance_scale=self.guidance_scale,
                                      generator=torch.Generator().manual_seed(self.seed))
         return [to_pil(im) for im in images]
+
 
 # %% ../nbs/07_integration.ipynb #39da4531
 QUESTION_KINDS = {  # the words that make a question ask for an attribute, checked in this order
@@ -549,6 +554,7 @@ def read_scenes(judge: nn.Module, images: torch.Tensor, batch_size: int = 256) -
     return scenes
 
 
+# %% ../nbs/07_integration.ipynb #cb38d151
 class DescriberAdapter(MultimodalModel):
     """StoryWorld's describer: the chapter-0 judge reads each picture's scene; captions (every style, en and zh) and
     answers to attribute questions are put into words from that scene."""
@@ -572,6 +578,7 @@ class DescriberAdapter(MultimodalModel):
     def answer_question(self, images, questions, max_new_tokens=20):
         _check_lengths(images, questions)
         return [answer_about(s, q) for s, q in zip(self.scenes(images), questions)]
+
 
 # %% ../nbs/07_integration.ipynb #77858d7c
 STORY_TEMPLATES = {  # opening, middle scenes (cycled), ending; {A} the hero, {F} the friend
@@ -636,6 +643,7 @@ def write_paragraph(scene: Scene, index: int, total: int, language: str = "en") 
                            bg=table["background"][scene.background])
 
 
+# %% ../nbs/07_integration.ipynb #e0b1beee
 class StoryWriterAdapter(MultimodalModel):
     """A template story writer (not a language model): a story of `paragraphs` paragraphs about the hero a prompt asks
     for, in the prompt's language (English or Chinese), streamed paragraph by paragraph."""
@@ -658,3 +666,4 @@ class StoryWriterAdapter(MultimodalModel):
         images = images if images is not None else [None] * len(prompts)
         _check_lengths(images, prompts, "prompts")
         return ["".join(self.stream_text(p, im)) for p, im in zip(prompts, images)]
+

@@ -254,6 +254,7 @@ def save_adapter(model: nn.Module, directory: str | Path, base_model_name_or_pat
     return directory
 
 
+# %% ../nbs/06_lora.ipynb #9adcfb43
 def read_adapter_config(directory: str | Path) -> dict:
     "An adapter's `adapter_config.json`, checked against what `LoRALinear` implements; a bad field is named."
     path = Path(directory) / ADAPTER_CONFIG
@@ -308,6 +309,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
         layer.set_alpha(config["lora_alpha"])
     model.load_state_dict(tensors, strict=False)
     return model
+
 
 # %% ../nbs/06_lora.ipynb #ab518eaa
 CLIP_BASE, BLIP2_OPT = "openai/clip-vit-base-patch32", "Salesforce/blip2-opt-2.7b"
@@ -593,6 +595,7 @@ def region_masks(positions: Sequence[str], width: int) -> torch.Tensor:
     return (owner[None] == torch.arange(len(positions))[:, None]).float()
 
 
+# %% ../nbs/06_lora.ipynb #0e7a346b
 def adapter_weights(model: nn.Module, directory: str | Path) -> dict[str, torch.Tensor]:
     "The LoRA factors of the adapter in `directory`, loaded into `model` (so they fit it) and copied out for swapping."
     load_adapter(model, directory)
@@ -662,6 +665,7 @@ def generate_regions(model: TextToImage, pictures: Sequence[Sequence[Region]],
     return model.to_images(x).float().cpu()
 
 
+# %% ../nbs/06_lora.ipynb #c8cd4faa
 def duo_scenes(first: CharacterLook, second: CharacterLook, n: int = 32, seed: int = 1) -> list[Scene]:
     "`n` scenes of two characters side by side, at random positions (either may stand on the left) and backgrounds."
     rng = random.Random(f"duo-{first.name}-{second.name}-{seed}")
