@@ -114,7 +114,6 @@ class NoiseSchedule:
 
 # %% ../nbs/04_diffusion.ipynb #048c8f22
 SPACINGS = ("leading", "trailing", "linspace")
-VARIANCES = ("fixed_small", "fixed_large")
 
 
 def sampling_timesteps(num_train_steps: int, num_steps: int, spacing: str = "leading") -> torch.Tensor:
@@ -130,6 +129,10 @@ def sampling_timesteps(num_train_steps: int, num_steps: int, spacing: str = "lea
     else:
         steps = np.linspace(0, num_train_steps - 1, num_steps).round()
     return torch.from_numpy(steps[::-1].astype(np.int64))
+
+
+# %% ../nbs/04_diffusion.ipynb #c8ecdd31
+VARIANCES = ("fixed_small", "fixed_large")
 
 
 def ddpm_step(schedule: NoiseSchedule, output: torch.Tensor, t: int, t_prev: int, x_t: torch.Tensor,
@@ -192,6 +195,7 @@ def sample(denoiser: Denoiser, shape: Sequence[int], schedule: NoiseSchedule, *,
         else:
             x = ddim_step(schedule, output, t, t_prev, x, eta, draw() if eta > 0 else None, prediction_type, clip_sample)
     return x
+
 
 # %% ../nbs/04_diffusion.ipynb #f1996410
 def classifier_free_guidance(model: Callable[..., torch.Tensor], context: torch.Tensor, null_context: torch.Tensor,

@@ -399,6 +399,7 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, image_lab
     return out
 
 
+# %% ../nbs/01_foundations.ipynb #e55f69bf
 def binding_accuracy(model: MiniCLIP, tokenizer, n: int = 500, lang: str = "en", image_size: int = 32,
                      seed: int = 0) -> float:
     """How often `model` prefers a two-actor test image's own caption to the same caption with one attribute swapped
@@ -446,6 +447,7 @@ def zero_shot_accuracy(model: MiniCLIP, tokenizer, images: torch.Tensor, scenes:
         truth = torch.tensor([ATTRIBUTE_VALUES[attribute].index(attribute_value(s, attribute)) for s in scenes])
         out[attribute] = (pred == truth).float().mean().item()
     return out
+
 
 # %% ../nbs/01_foundations.ipynb #e13e0627
 def miniclip_config(profile: Profile) -> dict:

@@ -669,6 +669,7 @@ class EmbeddingCache:
         return path
 
 
+# %% ../nbs/07b_manager.ipynb #a01c5221
 class ImageIndex:
     """A pool of images embedded once by a managed model: each text query is then one text embedding and one matrix
     product. The model is pinned while it embeds, and looked up again for every search (it may have been evicted)."""
@@ -688,6 +689,7 @@ class ImageIndex:
         with self.manager.use(self.name) as model:
             scores = self.cache.embed(model, list(queries)) @ self.embeddings.T
         return scores.topk(min(top_k, len(self)), dim=1).indices.tolist()
+
 
 # %% ../nbs/07b_manager.ipynb #eba124f5
 @dataclass(frozen=True)

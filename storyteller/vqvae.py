@@ -59,6 +59,7 @@ def code_perplexity(counts: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(p * p.clamp(min=1e-10).log()).sum())
 
 
+# %% ../nbs/02_vqvae.ipynb #40f41a53
 class VectorQuantizer(nn.Module):
     "Nearest-code quantization with straight-through gradients; EMA codebook, k-means init and dead-code restart."
 
@@ -132,6 +133,7 @@ class VectorQuantizer(nn.Module):
                          codebook_loss + self.beta * commitment, codebook_loss, commitment, perplexity,
                          (counts > 0).float().mean())
 
+
 # %% ../nbs/02_vqvae.ipynb #58b0d521
 def group_norm(channels: int) -> nn.GroupNorm:
     "GroupNorm with up to 32 groups (as many as divide `channels`), eps 1e-6."
@@ -189,6 +191,7 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+# %% ../nbs/02_vqvae.ipynb #a6e8413b
 def _middle(channels: int, attention: bool) -> list[nn.Module]:
     return [ResnetBlock(channels, channels)] + ([AttnBlock(channels)] if attention else []) + \
         [ResnetBlock(channels, channels)]
@@ -233,6 +236,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.conv_out(self.net(z))
+
 
 # %% ../nbs/02_vqvae.ipynb #4868b4d9
 class VQVAE(nn.Module):
