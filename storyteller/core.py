@@ -28,13 +28,13 @@ PACKAGE_DIR = Path(importlib.util.find_spec("storyteller").origin).parent  # als
 os.environ.setdefault("USE_HUB_KERNELS", "NO")
 
 # %% auto #0
-__all__ = ['PACKAGE_DIR', 'PROFILES', 'SHIPPED_DIR', 'StorytellerError', 'ConfigError', 'check_choice', 'get_device', 'Profile',
-           'get_profile', 'step_cap', 'capped', 'seed_everything', 'History', 'cycle', 'warmup_cosine',
-           'default_mixed_precision', 'fit', 'to_pil', 'image_grid', 'show_images', 'image_gallery', 'CheckpointError',
-           'atomic_write', 'save_checkpoint', 'read_provenance', 'load_checkpoint', 'Recipe', 'UnknownRecipe',
-           'get_recipe', 'hardware', 'git_commit', 'versions', 'resolve_config', 'mistyped', 'train_model',
-           'storyteller_home', 'load_from', 'load_shipped', 'load_or_train', 'results_model', 'lineage', 'total_steps',
-           'describe_provenance']
+__all__ = ['PACKAGE_DIR', 'PROFILES', 'SHIPPED_DIR', 'StorytellerError', 'ConfigError', 'check_choice', 'config_fields',
+           'get_device', 'Profile', 'get_profile', 'step_cap', 'capped', 'seed_everything', 'History', 'cycle',
+           'warmup_cosine', 'default_mixed_precision', 'fit', 'to_pil', 'image_grid', 'show_images', 'image_gallery',
+           'CheckpointError', 'atomic_write', 'save_checkpoint', 'read_provenance', 'load_checkpoint', 'Recipe',
+           'UnknownRecipe', 'get_recipe', 'hardware', 'git_commit', 'versions', 'resolve_config', 'mistyped',
+           'train_model', 'storyteller_home', 'load_from', 'load_shipped', 'load_or_train', 'results_model', 'lineage',
+           'total_steps', 'describe_provenance']
 
 # %% ../nbs/A1_core.ipynb #5a85a287
 class StorytellerError(Exception):
@@ -54,6 +54,16 @@ def check_choice(name: str, value: Any, valid: Iterable) -> Any:
     return value
 
 
+def config_fields(config: dict, *names: str) -> dict:
+    """The fields `names` of a config, passed by keyword to the constructor whose arguments they are named after (as
+    nanoGPT's config builds its model). A missing field is a `ConfigError` naming it, never a constructor's default."""
+    missing = [n for n in names if n not in config]
+    if missing:
+        raise ConfigError(f"the config has no field(s) {missing}")
+    return {n: config[n] for n in names}
+
+
+# %% ../nbs/A1_core.ipynb #b255817e
 def get_device(prefer: str | None = None) -> torch.device:
     "The device to compute on: `prefer` if given, else CUDA, then Apple MPS, then the CPU."
     if prefer:
@@ -115,6 +125,7 @@ def capped(steps: int) -> int:
     "`steps`, shortened to `step_cap()` when one is set."
     cap = step_cap()
     return steps if cap is None else min(steps, cap)
+
 
 # %% ../nbs/A1_core.ipynb #c85ee359
 def seed_everything(seed: int = 0) -> torch.Generator:

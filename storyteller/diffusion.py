@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import (
-    PROFILES, History, Profile, Recipe, capped, check_choice, fit, get_device, load_shipped, results_model)
+    PROFILES, History, Profile, Recipe, capped, check_choice, config_fields, fit, get_device, load_shipped, results_model)
 from .foundations import CrossModalAttention, build_miniclip, miniclip_config
 from .storyworld import (LANGUAGES, StoryWorldDataset, attributes_found, build_tokenizer, draws_up_front,
                                     fact_scores, judge_predictions, storyworld_fid, storyworld_loader)
@@ -542,8 +542,8 @@ def text_to_image(denoiser: nn.Module, config: dict, codec: nn.Module | None = N
 
 def build_unet(config: dict) -> TextToImage:
     "An untrained pixel-space text-to-image U-Net sized by `config`."
-    unet = UNet(3, config["ch"], config["ch_mult"], config["num_res_blocks"], config["attention_levels"],
-                config["text"]["text_dim"], config["heads"])
+    unet = UNet(**config_fields(config, "ch", "ch_mult", "num_res_blocks", "attention_levels", "heads"),
+                context_dim=config["text"]["text_dim"])
     return text_to_image(unet, config)
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import PROFILES, Profile, Recipe, results_model
+from .core import PROFILES, Profile, Recipe, config_fields, results_model
 from .diffusion import (TEXT_TO_IMAGE_CHOICES, TextToImage, TimestepEmbedder, diffusion_config, text_to_image,
                                    train_text_to_image)
 from .foundations import CrossModalAttention
@@ -195,8 +195,8 @@ def build_dit(config: dict) -> TextToImage:
     autoencoder = build_vqvae(config["autoencoder"])
     grid = config["autoencoder"]["image_size"] // 2 ** (len(config["autoencoder"]["ch_mult"]) - 1)
     channels = config["autoencoder"]["code_dim"]
-    dit = DiT(grid, config["patch_size"], channels, config["dim"], config["depth"], config["heads"], config["mlp_ratio"],
-              config["text"]["text_dim"], config["cross_attention"])
+    dit = DiT(grid, in_channels=channels, context_dim=config["text"]["text_dim"],
+              **config_fields(config, "patch_size", "dim", "depth", "heads", "mlp_ratio", "cross_attention"))
     return text_to_image(dit, config, codec=LatentCodec(autoencoder), latent_shape=(channels, grid, grid))
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Profile, Recipe, StorytellerError, fit, get_device
+from .core import Profile, Recipe, StorytellerError, config_fields, fit, get_device
 from .storyworld import (BACKGROUNDS, COLOURS, LANGUAGES, N_TEMPLATES, POSITIONS, SHAPES, SIZES, Actor,
                                     Scene, build_tokenizer, caption, draws_up_front, load_split, scene_from_labels,
                                     storyworld_loader)
@@ -464,8 +464,8 @@ def build_miniclip(config: dict) -> MiniCLIP:
     tok = build_tokenizer()
     if config["vocab_size"] != len(tok):
         raise ValueError(f"config vocab_size {config['vocab_size']} does not match the StoryWorld tokenizer ({len(tok)})")
-    return MiniCLIP(len(tok), config["embed_dim"], config["image_width"], config["text_dim"], config["text_depth"],
-                    config["num_heads"], tok.model_max_length, tok.pad_token_id)
+    return MiniCLIP(len(tok), **config_fields(config, "embed_dim", "image_width", "text_dim", "text_depth", "num_heads"),
+                    max_length=tok.model_max_length, pad_token_id=tok.pad_token_id)
 
 
 def evaluate_miniclip(model: MiniCLIP, n: int = 1000, lang: str = "en", image_size: int = 32) -> dict[str, float]:

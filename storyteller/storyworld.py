@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
-from .core import Profile, Recipe, check_choice, fit, get_device
+from .core import Profile, Recipe, check_choice, config_fields, fit, get_device
 
 # %% auto #0
 __all__ = ['BACKGROUNDS', 'SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'NAMES', 'RGB', 'PALETTES', 'X_CENTRE', 'RADIUS',
@@ -508,7 +508,7 @@ def judge_config(profile: Profile) -> dict:
 
 def build_judge(config: dict) -> AttributeJudge:
     "An untrained judge of the configured width and input size."
-    return AttributeJudge(width=config["width"], image_size=config["image_size"])
+    return AttributeJudge(**config_fields(config, "width", "image_size"))
 
 
 def train_judge(judge: AttributeJudge, config: dict, progress: bool = True) -> dict:

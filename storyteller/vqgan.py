@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (History, Profile, Recipe, StorytellerError, check_choice, default_mixed_precision, fit,
-                              load_shipped)
+from .core import (History, Profile, Recipe, StorytellerError, check_choice, config_fields,
+                              default_mixed_precision, fit, load_shipped)
 from .storyworld import draws_up_front, storyworld_loader
-from .vqvae import VQVAE, evaluate_vqvae, vqvae_config
+from .vqvae import VQVAE, VQVAE_FIELDS, evaluate_vqvae, vqvae_config
 
 # %% auto #0
 __all__ = ['D_LOSSES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'PERCEPTUAL_LOSSES', 'vqgan_recipe', 'PatchDiscriminator', 'hinge_d_loss',
@@ -234,10 +234,7 @@ def vqgan_config(profile: Profile) -> dict:
 
 def build_vqgan(config: dict) -> VQGAN:
     "An untrained `VQGAN` sized by `config`."
-    return VQGAN(config["ch"], tuple(config["ch_mult"]), config["num_res_blocks"], config["z_dim"],
-                 config["num_codes"], config["code_dim"], disc_ch=config["disc_ch"], disc_layers=config["disc_layers"],
-                 beta=config["beta"], ema=config["ema"], decay=config["decay"], kmeans_init=config["kmeans_init"],
-                 dead_code_threshold=config["dead_code_threshold"])
+    return VQGAN(ch_mult=tuple(config["ch_mult"]), **config_fields(config, *VQVAE_FIELDS, "disc_ch", "disc_layers"))
 
 
 def train_vqgan(model: VQGAN, config: dict, progress: bool = True) -> dict:

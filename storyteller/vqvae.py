@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Profile, Recipe, check_choice, fit, get_device, load_shipped
+from .core import Profile, Recipe, check_choice, config_fields, fit, get_device, load_shipped
 from .storyworld import AttributeJudge, attribute_accuracy, draws_up_front, load_split, storyworld_fid, storyworld_loader
 
 # %% auto #0
-__all__ = ['vqvae_recipe', 'Quantized', 'nearest_code', 'kmeans', 'code_perplexity', 'VectorQuantizer', 'group_norm',
-           'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder', 'Decoder', 'VQVAE', 'psnr',
+__all__ = ['VQVAE_FIELDS', 'vqvae_recipe', 'Quantized', 'nearest_code', 'kmeans', 'code_perplexity', 'VectorQuantizer',
+           'group_norm', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder', 'Decoder', 'VQVAE', 'psnr',
            'image_gradient', 'gradient_energy', 'edge_sharpness', 'vqvae_loss', 'reconstruct', 'codebook_stats',
            'evaluate_vqvae', 'vqvae_config', 'build_vqvae', 'train_vqvae']
 
@@ -344,12 +344,13 @@ def vqvae_config(profile: Profile) -> dict:
             "num_workers": min(4, os.cpu_count() or 1) if gpu else 1, "seed": 0}
 
 
+VQVAE_FIELDS = ("ch", "num_res_blocks", "z_dim", "num_codes", "code_dim",  # the config fields named after
+                "beta", "ema", "decay", "kmeans_init", "dead_code_threshold")  # VQVAE's (and its quantizer's) arguments
+
+
 def build_vqvae(config: dict) -> VQVAE:
     "An untrained `VQVAE` sized by `config`."
-    return VQVAE(config["ch"], tuple(config["ch_mult"]), config["num_res_blocks"], config["z_dim"],
-                 config["num_codes"], config["code_dim"], beta=config["beta"], ema=config["ema"],
-                 decay=config["decay"], kmeans_init=config["kmeans_init"],
-                 dead_code_threshold=config["dead_code_threshold"])
+    return VQVAE(ch_mult=tuple(config["ch_mult"]), **config_fields(config, *VQVAE_FIELDS))
 
 
 def train_vqvae(model: VQVAE, config: dict, progress: bool = True) -> dict:
