@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .core import SHIPPED_DIR, StorytellerError, load_from, load_shipped, to_pil
+from .core import SHIPPED_DIR, StorytellerError, check_choice, load_from, load_shipped, to_pil
 from .foundations import l2_normalize
 from .storyworld import (BACKGROUNDS, COLOURS, EN, NAMES, POSITIONS, SHAPES, SIZES, ZH, Actor, Scene,
                                     actor_phrase, build_tokenizer, caption, to_tensor, word_pattern)
@@ -119,8 +119,7 @@ class MultimodalModel:
 
 
 def _check_style(style: str) -> None:
-    if style not in CAPTION_STYLES:
-        raise ValueError(f"unknown caption style {style!r}; styles: {', '.join(CAPTION_STYLES)}")
+    check_choice("caption style", style, CAPTION_STYLES)
 
 
 def _require_items(items: Sequence, what: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from .core import StorytellerError
+from .core import StorytellerError, check_choice
 
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'LANGUAGES', 'IMAGE_SOURCES', 'PNG_MODES', 'MAX_PICTURE_PIXELS', 'MAX_STORY_BYTES',
@@ -40,9 +40,8 @@ class StoryError(StorytellerError, ValueError):
 
 
 def check_language(language: str) -> str:
-    if language not in LANGUAGES:
-        raise StoryError(f"unknown language {language!r}; the storyteller speaks {', '.join(LANGUAGES)}")
-    return language
+    "`language` if the storyteller speaks it (en, zh); else a `StoryError` naming the valid ones."
+    return check_choice("language", language, LANGUAGES, StoryError)
 
 
 @dataclass

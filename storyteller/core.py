@@ -46,11 +46,12 @@ class ConfigError(StorytellerError, ValueError):
     "A config (a profile, a recipe's fields, a model config) is wrong; the message names the entry and the field."
 
 
-def check_choice(name: str, value: Any, valid: Iterable) -> Any:
-    "`value` if it is one of `valid`; else a `ConfigError` naming `name` and listing the valid values (the library's one choice check)."
+def check_choice(name: str, value: Any, valid: Iterable, error: type[StorytellerError] = ConfigError) -> Any:
+    """`value` if it is one of `valid`; else `error` (a `ConfigError` unless a module has its own, such as the app's
+    `StoryError`) naming `name` and listing the valid values: the library's one choice check."""
     valid = tuple(valid)
     if not any(value == v and type(value) is type(v) for v in valid):  # True is not 1, nor "1" 1
-        raise ConfigError(f"{name} is {value!r}; valid values: {', '.join(map(str, valid))}")
+        raise error(f"{name} is {value!r}; valid values: {', '.join(map(str, valid))}")
     return value
 
 

@@ -89,15 +89,15 @@ def test_scene_index_out_of_range(teller):
 
 
 def test_unknown_language(teller, tmp_path):
-    with pytest.raises(StoryError, match="unknown language 'fr'"):
+    with pytest.raises(StoryError, match="language is 'fr'; valid values: en, zh"):
         StorytellerAI(teller.coordinator, language="fr")
-    with pytest.raises(StoryError, match="unknown language 'fr'"):
+    with pytest.raises(StoryError, match="language is 'fr'; valid values: en, zh"):
         teller.set_language("fr")
     assert teller.language == "en"
     folder = save_story(sample_story(), tmp_path / "s")
     record = json.loads((folder / "story.json").read_text())
     (folder / "story.json").write_text(json.dumps({**record, "language": "fr"}))
-    with pytest.raises(StoryError, match="unknown language 'fr'"):
+    with pytest.raises(StoryError, match="language is 'fr'; valid values: en, zh"):
         load_story(folder)
 
 
