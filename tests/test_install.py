@@ -2,6 +2,7 @@
 checkpoints, the command); a SOURCE that cannot be installed is an error that says what to do instead."""
 import json
 import os
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -29,13 +30,19 @@ def test_every_chapter_has_the_same_install_cell():
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
-    "A virtual environment that sees this one's packages (torch…) but not its editable storyteller, and a fresh wheel."
+    """A virtual environment that sees the running environment's packages (torch…, pip) but not its editable
+    storyteller, and a fresh wheel. The running environment may itself be a virtualenv, whose packages
+    `--system-site-packages` would not see (it means the base interpreter's): a path file lists this environment's
+    site-packages instead, and as plain paths their own path files (the editable finder among them) stay unread."""
     root = tmp_path_factory.mktemp("install")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                     str(root / "dist"), str(ROOT)], check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(root / "venv")],
-                   check=True)  # pip and setuptools: this environment's, which torch's requirements accept
-    return root / "venv" / "bin" / "python", next((root / "dist").glob("storyteller-*.whl"))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    python = root / "venv" / "bin" / "python"
+    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    (Path(own) / "running-environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return python, next((root / "dist").glob("storyteller-*.whl"))
 
 
 def run_in(python: Path, code: str) -> subprocess.CompletedProcess:
