@@ -11,7 +11,7 @@ defaults on 2 CPU cores.
 """
 import argparse
 
-from storyteller.core import load_shipped
+from storyteller.recipes import load_shipped
 from storyteller.diffusion import evaluate_text_to_image
 
 

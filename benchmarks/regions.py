@@ -15,7 +15,7 @@ import torch
 
 from storyteller import lora
 from storyteller.app import CharacterIllustrator
-from storyteller.core import load_shipped
+from storyteller.recipes import load_shipped
 from storyteller.storyworld import Actor, Scene, caption
 
 PIP, LUNA = lora.CharacterLook("Pip", "star", "orange", "big"), lora.CharacterLook("Luna", "triangle", "pink", "small")

@@ -9,7 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from storyteller.core import SHIPPED_DIR, get_profile, read_provenance, train_model
+from storyteller.core import SHIPPED_DIR, get_profile, read_provenance
+from storyteller.recipes import config_of, train_model
 
 
 def main(argv=None) -> int:
@@ -21,7 +22,7 @@ def main(argv=None) -> int:
 
     shipped = read_provenance(SHIPPED_DIR / f"{args.name}.safetensors")
     out = args.out / f"{args.name}.safetensors" if args.out else None
-    _, again = train_model(args.name, out=out, profile=get_profile("cpu"), **shipped["config"])
+    _, again = train_model(args.name, out=out, profile=get_profile("cpu"), config=config_of(shipped))
     print(f"{'metric':28s} {'shipped':>9s} {'retrained':>9s} {'ratio':>7s}")
     worst = 0.0
     for metric, value in shipped["metrics"].items():

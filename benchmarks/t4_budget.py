@@ -31,15 +31,17 @@ import json
 import sys
 import time
 from contextlib import contextmanager
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import storyteller.storyworld as storyworld
-from storyteller.core import PROFILES, fit, get_recipe, resolve_config
+from storyteller.core import PROFILES, RecipeConfig, fit
 from storyteller.diffusion import SAMPLER_SWEEP
 from storyteller.foundations import clip_step_loss, evaluate_miniclip
+from storyteller.recipes import get_recipe, load_shipped, resolve_config
 from storyteller.storyworld import StoryWorldDataset, build_tokenizer, evaluate_judge, judge_loss, storyworld_loader
 from storyteller.vqgan import PerceptualLoss, fit_vqgan, miniclip_perceptual
 from storyteller.vqvae import evaluate_vqvae, vqvae_loss
@@ -83,10 +85,9 @@ def counting_renders():
         storyworld.render = render
 
 
-def tiny_loader(config: dict, n: int):
+def tiny_loader(config: RecipeConfig, n: int):
     "A loader of `n` training items as the recipe's data (its image size and languages)."
-    return storyworld_loader("train", batch_size=n, seed=0, image_size=config["image_size"],
-                             lang=config.get("lang", "en"))
+    return storyworld_loader("train", batch_size=n, seed=0, image_size=config.data.image_size, lang=config.data.lang)
 
 
 def step_tflop(run) -> float:
@@ -94,17 +95,23 @@ def step_tflop(run) -> float:
     return count_tflop(lambda: run(2)) - count_tflop(lambda: run(1))
 
 
-def fit_step(name: str, config: dict, n: int, loss_fn) -> float:
+def fit_step(name: str, config: RecipeConfig, n: int, loss_fn) -> float:
     "TFLOPs of one `fit` step of a fresh model of recipe `name` at `n` items."
     build = get_recipe(name).build
     return step_tflop(lambda steps: fit(build(config), loss_fn, tiny_loader(config, n), steps, progress=False))
 
 
-def vqgan_step(config: dict, n: int, perceptual: PerceptualLoss, critic: bool) -> float:
+def vqgan_step(config: RecipeConfig, n: int, perceptual: PerceptualLoss, critic: bool) -> float:
     "TFLOPs of one VQGAN step at `n` items, with the critic (second half of training) or without (first half)."
     build = get_recipe("vqgan").build
     return step_tflop(lambda steps: fit_vqgan(build(config), perceptual, tiny_loader(config, n), steps,
                                               disc_start=0 if critic else steps, progress=False))
+
+
+@functools.cache
+def shipped_perceptual() -> PerceptualLoss:
+    "The perceptual loss on the shipped mini-CLIP's features, the one the vqgan recipe trains with."
+    return miniclip_perceptual(load_shipped("miniclip")[0])
 
 
 def vgg16_random() -> PerceptualLoss:
@@ -135,50 +142,51 @@ def judge_tflop_per_picture(judge) -> float:
     return count_tflop(lambda: judge(torch.rand(16, 3, judge.image_size, judge.image_size))) / 16
 
 
-def text_to_image_eval(model, config: dict, judge) -> tuple[float, int]:
+def text_to_image_eval(model, config: RecipeConfig, judge) -> tuple[float, int]:
     """TFLOPs and renders of the recipe's evaluation: `eval_prompts` pictures at `eval_steps`, then the sampler
     sweep's settings on `sweep_prompts` each; the judge reads each picture and as many real ones (FID)."""
     per_step, per_picture = sampling_cost(model)
-    settings = SAMPLER_SWEEP if config["sweep_prompts"] else ()
-    pictures = config["eval_prompts"] + config["sweep_prompts"] * len(settings)
-    steps = config["eval_prompts"] * config["eval_steps"] + config["sweep_prompts"] * sum(s for _, s in settings)
+    e = config.eval
+    settings = SAMPLER_SWEEP if e.sweep_prompts else ()
+    pictures = e.eval_prompts + e.sweep_prompts * len(settings)
+    steps = e.eval_prompts * e.eval_steps + e.sweep_prompts * sum(s for _, s in settings)
     tflop = steps * per_step + pictures * (per_picture + 2 * judge_tflop_per_picture(judge))
     return tflop, pictures
 
 
-def recipe_loss(name: str, config: dict):
+def recipe_loss(name: str, config: RecipeConfig):
     "The loss `fit` trains recipe `name` with (the text-to-image models compute their own)."
-    return {"judge": judge_loss, "vqvae": vqvae_loss,
-            "miniclip": clip_step_loss(build_tokenizer(), config.get("hard_negatives", False), 0)}.get(
-        name, lambda model, batch: model.loss(batch))
+    if name == "miniclip":
+        return clip_step_loss(build_tokenizer(), config.train.hard_negatives, 0)
+    return {"judge": judge_loss, "vqvae": vqvae_loss}.get(name, lambda model, batch: model.loss(batch))
 
 
-def train_step_tflop(name: str, config: dict, n: int) -> float:
+def train_step_tflop(name: str, config: RecipeConfig, n: int) -> float:
     "TFLOPs of one training step of recipe `name` at `config`'s batch, counted at `n` items."
-    scale = config["batch_size"] / n
+    train = config.train
+    scale = train.batch_size / n
     if name == "vqgan":
-        perceptual = vgg16_random() if config["perceptual"] == "vgg16" else miniclip_perceptual()
+        perceptual = vgg16_random() if train.perceptual == "vgg16" else shipped_perceptual()
         before, after = (vqgan_step(config, n, perceptual, critic) * scale for critic in (False, True))
-        return (before * config["disc_start"] + after * (config["steps"] - config["disc_start"])) / config["steps"]
+        return (before * train.disc_start + after * (train.steps - train.disc_start)) / train.steps
     return fit_step(name, config, n, recipe_loss(name, config)) * scale
 
 
 def recipe_cost(name: str, n: int, judge, **overrides) -> RecipeCost:
     "Count recipe `name`'s gpu run: its training steps (counted at `n` items) and its evaluation."
     config = resolve_config(get_recipe(name), GPU, **overrides)
-    model = get_recipe(name).build(config)
+    model, size, train = get_recipe(name).build(config), config.data.image_size, config.train
     evaluations = {
-        "judge": lambda k: evaluate_judge(model, "test", k, config["image_size"]),
-        "miniclip": lambda k: evaluate_miniclip(model, k, "en", config["image_size"]),
-        "vqvae": lambda k: evaluate_vqvae(model, k, config["image_size"], judge),
-        "vqgan": lambda k: evaluate_vqvae(model, k, config["image_size"], judge)}
+        "judge": lambda k: evaluate_judge(model, "test", k, size),
+        "miniclip": lambda k: evaluate_miniclip(model, k, "en", size),
+        "vqvae": lambda k: evaluate_vqvae(model, k, size, judge=judge),
+        "vqgan": lambda k: evaluate_vqvae(model, k, size, judge=judge)}
     if name in evaluations:
-        eval_tflop, eval_renders = measured_eval(lambda: evaluations[name](32), config["eval_size"] / 32)
+        eval_tflop, eval_renders = measured_eval(lambda: evaluations[name](32), config.eval.eval_size / 32)
     else:
         eval_tflop, eval_renders = text_to_image_eval(model, config, judge)
-    return RecipeCost(name, config["steps"], config["batch_size"], config["image_size"],
-                      train_step_tflop(name, config, n) * config["steps"], config["steps"] * config["batch_size"],
-                      eval_tflop, eval_renders)
+    return RecipeCost(name, train.steps, train.batch_size, size, train_step_tflop(name, config, n) * train.steps,
+                      train.steps * train.batch_size, eval_tflop, eval_renders)
 
 
 def renders_per_second(image_size: int, workers: int, batches: int = 12, batch_size: int = 128) -> float:
@@ -263,11 +271,11 @@ def chapter_minutes(chapter: dict, costs: dict[str, RecipeCost], steps: dict, sa
     return own / 60, (own + needs) / 60
 
 
-def seconds_per_step(name: str, config: dict, steps: int) -> float:
+def seconds_per_step(name: str, config: RecipeConfig, steps: int) -> float:
     "Seconds of one training step of a fresh recipe-`name` model at the config's batch on this machine's device."
-    build, batch = get_recipe(name).build, next(iter(tiny_loader(config, config["batch_size"])))
+    build, batch = get_recipe(name).build, next(iter(tiny_loader(config, config.train.batch_size)))
     if name == "vqgan":
-        perceptual = miniclip_perceptual()
+        perceptual = shipped_perceptual()
         run = lambda k: fit_vqgan(build(config), perceptual, [batch], k, disc_start=0, progress=False)
     else:
         run = lambda k: fit(build(config), recipe_loss(name, config), [batch], k, progress=False)
@@ -286,7 +294,7 @@ def calibrate(steps: int, count_batch: int) -> None:
     print(f"| recipe (gpu config) | TFLOP per step | s per step on {get_device()} | TFLOP/s |\n|---|---|---|---|")
     for name in ("judge", "miniclip", "vqvae", "vqgan", "unet", "dit"):
         config = resolve_config(get_recipe(name), GPU)
-        tflop = train_step_tflop(name, {**config, "disc_start": 0} if name == "vqgan" else config, count_batch)
+        tflop = train_step_tflop(name, config.override(disc_start=0) if name == "vqgan" else config, count_batch)
         seconds = seconds_per_step(name, config, steps)
         print(f"| {name} | {tflop:.3f} | {seconds:.3f} | {tflop / seconds:.2f} |")
 
@@ -303,7 +311,6 @@ def main(argv=None) -> int:
     if args.calibrate:
         calibrate(args.calibrate_steps, args.count_batch)
         return 0
-    from storyteller.core import load_shipped
     from storyteller.storyworld import SPLIT_SIZES, drawn_pictures
 
     judge = load_shipped("judge")[0]
@@ -328,7 +335,7 @@ def main(argv=None) -> int:
         for name, overrides, _ in chapter["live"]:
             config = resolve_config(get_recipe(name), GPU, **overrides)
             steps[name, tuple(sorted(overrides.items()))] = (
-                train_step_tflop(name, config, args.count_batch), config["batch_size"], config["image_size"])
+                train_step_tflop(name, config, args.count_batch), config.train.batch_size, config.data.image_size)
     sampling = {}
     for name in ("unet", "dit"):
         config = resolve_config(get_recipe(name), GPU)
@@ -346,7 +353,7 @@ def main(argv=None) -> int:
         print(f"| {c.name} | {c.steps:,} × {c.batch_size} at {c.image_size} px | {c.train_tflop / c.steps:.3f} | "
               f"{c.train_tflop / t / 60:.1f} | {drawing:.1f} | "
               f"{(c.eval_tflop / t + c.eval_renders / rates[c.image_size]) / 60:.1f} |")
-    print(f"\nSampling, TFLOP per picture-step with guidance: " +
+    print("\nSampling, TFLOP per picture-step with guidance: " +
           ", ".join(f"{name} {per_step * 1e3:.2f} G" for name, (per_step, _) in sampling.items()))
     print("Chapter 6's Hugging Face training: " + "; ".join(f"{k}: {v:,.0f} TFLOP" for k, v in lora.items()))
     print("\n| chapter (gpu) | its own work, min | with what it needs on a fresh runtime, min |\n|---|---|---|")

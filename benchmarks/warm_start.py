@@ -10,9 +10,8 @@ about 20 minutes on 2 CPU cores at 500 steps.
 import argparse
 import json
 
-import torch
-
-from storyteller.core import fit, load_shipped, seed_everything
+from storyteller.core import fit, seed_everything
+from storyteller.recipes import load_shipped
 from storyteller.diffusion import ema_model, evaluate_text_to_image
 from storyteller.storyworld import storyworld_loader
 

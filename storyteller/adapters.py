@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .core import SHIPPED_DIR, StorytellerError, check_choice, load_from, load_shipped, to_pil
+from .core import SHIPPED_DIR, StorytellerError, check_choice, to_pil
 from .foundations import l2_normalize
+from .recipes import load_from, load_shipped
 from .storyworld import (BACKGROUNDS, COLOURS, EN, NAMES, POSITIONS, SHAPES, SIZES, ZH, Actor, Scene,
                                     actor_phrase, build_tokenizer, caption, to_tensor, word_pattern)
 

@@ -8,9 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from .core import (PROFILES, SHIPPED_DIR, ConfigError, StorytellerError, describe_provenance,
-                              get_profile, get_recipe, read_provenance, resolve_config, storyteller_home,
-                              train_model)
+from .core import PROFILES, SHIPPED_DIR, ConfigError, StorytellerError, get_profile, read_provenance, storyteller_home
+from .recipes import describe_provenance, get_recipe, resolve_config, train_model
 
 # %% auto #0
 __all__ = ['DEMO', 'OneLineParser', 'build_parser', 'main']

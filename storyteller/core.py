@@ -3,6 +3,7 @@
 # %% ../nbs/A1_core.ipynb #adccb298
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -11,11 +12,12 @@ import platform
 import random
 import subprocess
 import time
+import types
+import typing
 import warnings
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Literal, Union
 
 import numpy as np
 import torch
@@ -28,13 +30,12 @@ PACKAGE_DIR = Path(importlib.util.find_spec("storyteller").origin).parent  # als
 os.environ.setdefault("USE_HUB_KERNELS", "NO")
 
 # %% auto #0
-__all__ = ['PACKAGE_DIR', 'PROFILES', 'SHIPPED_DIR', 'StorytellerError', 'ConfigError', 'check_choice', 'config_fields',
-           'get_device', 'Profile', 'get_profile', 'step_cap', 'capped', 'seed_everything', 'History', 'cycle',
-           'warmup_cosine', 'default_mixed_precision', 'fit', 'to_pil', 'image_grid', 'show_images', 'image_gallery',
-           'CheckpointError', 'atomic_write', 'save_checkpoint', 'read_provenance', 'load_checkpoint', 'Recipe',
-           'UnknownRecipe', 'get_recipe', 'hardware', 'git_commit', 'versions', 'resolve_config', 'mistyped',
-           'train_model', 'storyteller_home', 'load_from', 'load_shipped', 'load_or_train', 'results_model', 'lineage',
-           'total_steps', 'describe_provenance']
+__all__ = ['PACKAGE_DIR', 'PROFILES', 'SHIPPED_DIR', 'RUNTIMES', 'StorytellerError', 'ConfigError', 'check_choice', 'check_value',
+           'from_fields', 'get_device', 'Profile', 'get_profile', 'step_cap', 'capped', 'seed_everything', 'History',
+           'cycle', 'warmup_cosine', 'default_mixed_precision', 'fit', 'to_pil', 'image_grid', 'show_images',
+           'image_gallery', 'CheckpointError', 'atomic_write', 'save_checkpoint', 'read_provenance', 'load_checkpoint',
+           'storyteller_home', 'hardware', 'git_commit', 'versions', 'Train', 'Eval', 'Runtime', 'RecipeConfig',
+           'Recipe']
 
 # %% ../nbs/A1_core.ipynb #5a85a287
 class StorytellerError(Exception):
@@ -55,13 +56,62 @@ def check_choice(name: str, value: Any, valid: Iterable, error: type[Storyteller
     return value
 
 
-def config_fields(config: dict, *names: str) -> dict:
-    """The fields `names` of a config, passed by keyword to the constructor whose arguments they are named after (as
-    nanoGPT's config builds its model). A missing field is a `ConfigError` naming it, never a constructor's default."""
-    missing = [n for n in names if n not in config]
+def _type_name(kind: Any) -> str:
+    "How an error names a field's type: `int`, `float or None`, `tuple of int`, one of a `Literal`'s values."
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (Union, types.UnionType):
+        return " or ".join("None" if a is type(None) else _type_name(a) for a in args)
+    if origin is tuple:
+        return f"a tuple of {_type_name(args[0])}"
+    return getattr(kind, "__name__", str(kind))
+
+
+def check_value(label: str, value: Any, kind: Any) -> Any:
+    """`value` as a field of type `kind` holds it, read as a config reads it: an int does for a float (and becomes
+    one), a list for a tuple, a mapping for a dataclass; a bool is not a number. Anything else is a `ConfigError`
+    that names `label` and the type."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return value
+    if origin is Literal:
+        return check_choice(label, value, args)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return check_value(label, value, option)
+            except ConfigError:
+                pass
+    elif dataclasses.is_dataclass(kind):
+        if isinstance(value, kind):
+            return value
+        if isinstance(value, dict):
+            return from_fields(kind, value, label)
+    elif origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(check_value(f"{label}[{i}]", v, args[0]) for i, v in enumerate(value))
+    elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(kind, type) and isinstance(value, origin or kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{label} is {value!r}; it must be {_type_name(kind)}")
+
+
+def from_fields(kind: type, fields: Any, label: str = "config") -> Any:
+    """An instance of the dataclass `kind` from a mapping of its fields, each checked against its annotation; an
+    unknown or missing field is a `ConfigError` naming it (a field with a default may be left out)."""
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{label} must be a mapping of fields, got {type(fields).__name__}")
+    hints, known = typing.get_type_hints(kind), {f.name: f for f in dataclasses.fields(kind)}
+    unknown = sorted(map(str, set(fields) - set(known)))
+    if unknown:
+        raise ConfigError(f"{label} has no field {unknown[0]!r}; its fields: {', '.join(known)}")
+    missing = [n for n, f in known.items() if n not in fields and f.default is f.default_factory is dataclasses.MISSING]
     if missing:
-        raise ConfigError(f"the config has no field(s) {missing}")
-    return {n: config[n] for n in names}
+        raise ConfigError(f"{label}: field {missing[0]!r} is missing")
+    return kind(**{n: check_value(f"{label}: field {n!r}", v, hints[n]) for n, v in fields.items()})
 
 
 # %% ../nbs/A1_core.ipynb #b255817e
@@ -82,6 +132,7 @@ class Profile:
     """The sizes a chapter runs at: `cpu` fits 4 minutes on 2 cores; `gpu` fits a chapter's own training in 20 minutes
     of a Colab T4, as `benchmarks/t4_budget.py` estimates it."""
     name: str
+    size: str  # the row of each recipe's size table (`Recipe.configs`) the profile trains and evaluates
     image_size: int  # side of the rendered StoryWorld images
     batch_size: int
     live_steps: int  # steps of the live training run a chapter shows
@@ -90,8 +141,8 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "cpu": Profile("cpu", image_size=32, batch_size=64, live_steps=150, eval_size=1000, own_results=False),
-    "gpu": Profile("gpu", image_size=64, batch_size=256, live_steps=300, eval_size=5000, own_results=True),
+    "cpu": Profile("cpu", size="S", image_size=32, batch_size=64, live_steps=150, eval_size=1000, own_results=False),
+    "gpu": Profile("gpu", size="M", image_size=64, batch_size=256, live_steps=300, eval_size=5000, own_results=True),
 }
 
 
@@ -118,7 +169,7 @@ def step_cap() -> int | None:
     if not text:
         return None
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"STORYTELLER_STEP_CAP must be a whole number of steps, at least 1; got {text!r}")
+        raise ConfigError(f"STORYTELLER_STEP_CAP must be a whole number of steps, at least 1; got {text!r}")
     return int(text)
 
 
@@ -374,34 +425,15 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
         raise CheckpointError(f"{path}: cannot load into {type(model).__name__}: {e}") from e
     return model
 
-# %% ../nbs/A1_core.ipynb #fb2c1bfd
-@dataclass
-class Recipe:
-    "How to build and train a named model; `storyteller train NAME` runs it."
-    name: str
-    build: Callable[[dict], nn.Module]  # config -> untrained model
-    train: Callable[[nn.Module, dict], dict]  # trains in place, returns final metrics
-    config: Callable[[Profile], dict]  # the config for a profile; must hold `steps` and `seed`
-    ship_steps: int  # steps behind the checkpoint shipped in the package
-    description: str = ""
-    choices: dict[str, tuple] = field(default_factory=dict)  # config fields that take one of a few values, and those values
-
-
-class UnknownRecipe(StorytellerError, KeyError):
-    "No recipe has the name asked for; the message lists the known ones."
-
-
-
-def get_recipe(name: str) -> Recipe:
-    "The recipe called `name`, from the registry `storyteller.recipes` (which imports the chapters, so only when asked)."
-    from storyteller.recipes import RECIPES
-
-    if name not in RECIPES:
-        raise UnknownRecipe(f"no recipe named {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
-    return RECIPES[name]
-
-
 # %% ../nbs/A1_core.ipynb #ae89ae55
+SHIPPED_DIR = PACKAGE_DIR / "checkpoints"
+
+
+def storyteller_home() -> Path:
+    "Where the reader's own trained models live: `STORYTELLER_HOME`, default `~/.cache/storyteller`."
+    return Path(os.environ.get("STORYTELLER_HOME", "~/.cache/storyteller")).expanduser()
+
+
 def hardware() -> str:
     "A short description of the device training runs on, for provenance records."
     device = get_device()
@@ -435,139 +467,137 @@ def versions() -> dict[str, str]:
     return out
 
 
-# %% ../nbs/A1_core.ipynb #ff6ae087
-def resolve_config(recipe: Recipe, profile: Profile | None = None, /, **overrides) -> dict:
-    """The recipe's config for `profile`, with `overrides` applied (and its training and evaluation-sampling steps
-    capped in a smoke run); an unknown key raises `ConfigError`."""
-    config = recipe.config(profile or get_profile())
-    if "profile" in overrides:  # recipes that build on another model record the profile it comes from
-        raise ConfigError(f"recipe {recipe.name!r}: 'profile' is not a field to set; choose the profile itself "
-                          "(--profile on the command line)")
-    unknown = sorted(set(overrides) - set(config))
-    if unknown:
-        raise ConfigError(f"recipe {recipe.name!r} has no config field(s) {unknown}; fields: {sorted(config)}")
-    for key, value in overrides.items():
-        if config[key] is not None and mistyped(value, type(config[key])):
-            raise ConfigError(f"recipe {recipe.name!r}: field {key!r} is {value!r}; it must be of type "
-                              f"{type(config[key]).__name__}, like its default {config[key]!r}")
-        if key in recipe.choices:
-            check_choice(f"recipe {recipe.name!r}: field {key!r}", value, recipe.choices[key])
-    return _capped_steps({**config, **overrides})
+# %% ../nbs/A1_core.ipynb #61210479
+@dataclass(frozen=True, kw_only=True)
+class Train:
+    "How a recipe trains: optimiser steps on batches of `batch_size`, AdamW's learning rate, warm-up and weight decay, and the seed."
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int = 0
+    weight_decay: float = 0.0
+    seed: int = 0
 
 
-def mistyped(value: Any, expected: type) -> bool:
-    "Whether `value` is not of type `expected` as a config reads it: an int does for a float; a bool is not a number."
-    if isinstance(value, bool) and expected is not bool:
-        return True
-    return not isinstance(value, (int, float) if expected is float else expected)
+@dataclass(frozen=True, kw_only=True)
+class Eval:
+    "How a recipe's final metrics are measured: on `eval_size` held-out examples."
+    eval_size: int = 1000
 
 
-def _capped_steps(config: dict) -> dict:
-    "`config` with its training and evaluation-sampling steps capped, in nested configs too (a text encoder's, say)."
-    return {k: _capped_steps(v) if isinstance(v, dict) else capped(v) if k in ("steps", "eval_steps") else v
-            for k, v in config.items()}
+@dataclass(frozen=True, kw_only=True)
+class Runtime:
+    "How this machine runs a recipe; never part of what the model is."
+    num_workers: int = 1  # data-loading processes
 
 
-def train_model(name: str, out: str | Path | None = None, profile: Profile | None = None,
-                resume: str | Path | None = None, **overrides) -> tuple[nn.Module, dict]:
-    """Train the recipe `name`, optionally save it as `out` (safetensors + provenance); return model and provenance.
-    With `resume`, training starts from that checkpoint's weights (fresh optimiser and warm-up) and the provenance
-    keeps the parent's record under `resumed_from`, so a long run can be built from several shorter ones. Launched on
-    several processes, the main one writes the checkpoint and the others wait for it."""
-    from accelerate import PartialState
-
-    recipe = get_recipe(name)
-    config = resolve_config(recipe, profile, **overrides)
-    seed_everything(config["seed"])
-    model = recipe.build(config)
-    parent = None
-    if resume is not None:
-        parent = read_provenance(resume)
-        if parent.get("name") != name:
-            raise CheckpointError(f"{Path(resume).with_suffix('.json')}: holds model {parent.get('name')!r}, not {name!r}")
-        load_checkpoint(model, resume)
-    commit, start = git_commit(), time.perf_counter()  # the code as it was when training started
-    metrics = recipe.train(model, config)
-    provenance = {
-        "name": name, "config": config, "steps": config["steps"],
-        "wall_time_s": round(time.perf_counter() - start, 1), "hardware": hardware(),
-        "versions": versions(), "git_commit": commit,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metrics": metrics,
-    }
-    if parent is not None:
-        provenance["resumed_from"] = parent
-    state = PartialState()  # as `fit` set it up: one process, or one of several
-    if out is not None and state.is_main_process:
-        save_checkpoint(model, out, provenance)
-    state.wait_for_everyone()
-    return model, provenance
+RUNTIMES = {"S": Runtime(), "M": Runtime(num_workers=min(4, os.cpu_count() or 1))}  # a GPU keeps several loaders busy
 
 
-# %% ../nbs/A1_core.ipynb #9d6e4a1f
-SHIPPED_DIR = PACKAGE_DIR / "checkpoints"
+def _section_fields(kind: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(kind)}
 
 
-def storyteller_home() -> Path:
-    "Where the reader's own trained models live: `STORYTELLER_HOME`, default `~/.cache/storyteller`."
-    return Path(os.environ.get("STORYTELLER_HOME", "~/.cache/storyteller")).expanduser()
+def _fields_of(section: Any) -> dict:
+    "A dataclass's fields as a mapping, nested dataclasses kept as they are."
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
 
 
-def load_from(name: str, path: str | Path) -> tuple[nn.Module, dict]:
-    "Build recipe `name` from the config in the provenance beside `path` and load the weights."
-    provenance = read_provenance(path)
-    if provenance.get("name") != name:
-        raise CheckpointError(f"{Path(path).with_suffix('.json')}: holds model {provenance.get('name')!r}, "
-                              f"not {name!r}")
-    try:
-        model = get_recipe(name).build(provenance["config"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{Path(path).with_suffix('.json')}: its config cannot build {name!r}: {e!r}") from e
-    load_checkpoint(model, path)
-    return model.eval(), provenance
+@dataclass(frozen=True, kw_only=True)
+class RecipeConfig:
+    """A recipe's config in sections: `model` (what the constructor takes), `data` (what the model learns from),
+    `train`, `eval` and `runtime`. Subclasses name each section's dataclass; the model and data are its identity."""
+    model: Any
+    data: Any
+    train: Train
+    eval: Eval
+    runtime: Runtime = Runtime()
+
+    @classmethod
+    def sections(cls) -> dict[str, type]:
+        "Each section's name and dataclass."
+        return {name: kind for name, kind in typing.get_type_hints(cls).items()}
+
+    def identity(self) -> dict:
+        "What makes two checkpoints the same kind of model: the model and data sections."
+        return {"model": asdict(self.model), "data": asdict(self.data)}
+
+    def to_dict(self) -> dict:
+        "The config as a JSON-ready mapping of sections (tuples become lists)."
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Any, label: str = "config") -> RecipeConfig:
+        "The config a mapping of sections (as `to_dict` writes it) describes, every field checked."
+        return from_fields(cls, data, label)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        "Every field of every section, by its bare name."
+        return sorted(f for kind in cls.sections().values() for f in _section_fields(kind))
+
+    @classmethod
+    def home(cls, name: str, label: str = "config") -> str:
+        "The section that holds the field `name`."
+        homes = [section for section, kind in cls.sections().items() if name in _section_fields(kind)]
+        if len(homes) != 1:
+            raise ConfigError(f"{label} has no field {name!r}; its fields: {', '.join(cls.field_names())}")
+        return homes[0]
+
+    def override(self, label: str = "config", **fields) -> RecipeConfig:
+        "The config with `fields` set by their bare names (`lr=2e-3`), each checked against its section's annotation."
+        changes: dict[str, dict] = {}
+        for name, value in fields.items():
+            changes.setdefault(self.home(name, label), {})[name] = value
+        return replace(self, **{section: from_fields(type(getattr(self, section)),
+                                                     {**_fields_of(getattr(self, section)), **values}, label)
+                                for section, values in changes.items()})
+
+    @classmethod
+    def from_flat(cls, flat: dict, label: str = "config") -> RecipeConfig:
+        """A config stored by an older version of the library as one flat mapping: each field goes to the section that
+        has it, and a nested model's flat config keeps only its model fields; `profile` is dropped (the hub records it
+        now). Fields it lacks take their section's default, which is what an older config without them meant."""
+        sections: dict[str, dict] = {name: {} for name in cls.sections()}
+        for name, value in flat.items():
+            if name == "profile":
+                continue
+            section = cls.home(name, label)
+            kind = typing.get_type_hints(cls.sections()[section])[name]
+            if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+                value = {k: v for k, v in value.items() if k in _section_fields(kind)}
+            sections[section][name] = value
+        return cls.from_dict(sections, label)
+
+    @classmethod
+    def read(cls, stored: dict, label: str = "config") -> RecipeConfig:
+        "A stored config of either layout: sections (`to_dict`), or the flat mapping of older checkpoints."
+        layered = isinstance(stored, dict) and set(stored) <= set(cls.sections()) and "model" in stored
+        return cls.from_dict(stored, label) if layered else cls.from_flat(stored, label)
 
 
-def load_shipped(name: str) -> tuple[nn.Module, dict]:
-    "The checkpoint of `name` shipped inside the package, with its provenance."
-    return load_from(name, SHIPPED_DIR / f"{name}.safetensors")
+# %% ../nbs/A1_core.ipynb #e8b3d3ab
+@dataclass(frozen=True)
+class Recipe:
+    """How to make a named model: a config per size (`configs`, the size table), the constructor of an untrained model
+    from a config, and the training, which returns the final metrics. `needs` maps each recipe whose trained model
+    this one builds on to the field of the model config that describes it; `tools` names the shipped models it
+    measures with. `train(model, config, **models)` receives both, by recipe name."""
+    name: str
+    configs: dict[str, RecipeConfig]
+    build: Callable[[RecipeConfig], nn.Module]
+    train: Callable[..., dict]
+    ship_steps: int  # steps behind the checkpoint shipped in the package
+    description: str = ""
+    needs: dict[str, str] = field(default_factory=dict)
+    tools: tuple[str, ...] = ()
 
+    def config(self, profile: Profile) -> RecipeConfig:
+        "The config of `profile`'s size."
+        return self.configs[profile.size]
 
-def load_or_train(name: str, retrain: bool = False, profile: Profile | None = None,
-                  **overrides) -> tuple[nn.Module, dict]:
-    "The reader's own model `name` from `STORYTELLER_HOME`, trained and saved there first if missing or stale."
-    path = storyteller_home() / f"{name}.safetensors"
-    config = resolve_config(get_recipe(name), profile, **overrides)
-    if path.exists() and not retrain:
-        model, provenance = load_from(name, path)
-        if provenance["config"] == config:
-            return model, provenance
-    return train_model(name, out=path, profile=profile, **overrides)
+    @property
+    def config_type(self) -> type[RecipeConfig]:
+        "The dataclass of the recipe's configs (what a stored config is read back as)."
+        return type(next(iter(self.configs.values())))
 
-
-def results_model(name: str, profile: Profile | None = None) -> tuple[nn.Module, dict]:
-    """The model a results table evaluates, on this machine's device whether just trained or loaded: shipped in the
-    `cpu` profile, the reader's own in `gpu`."""
-    profile = profile or get_profile()
-    model, provenance = load_or_train(name, profile=profile) if profile.own_results else load_shipped(name)
-    return model.to(get_device()), provenance
-
-
-def lineage(provenance: dict) -> list[dict]:
-    "The training runs behind a checkpoint, oldest first: the run itself after the runs it was resumed from."
-    runs = [provenance]
-    while "resumed_from" in runs[0]:
-        runs.insert(0, runs[0]["resumed_from"])
-    return runs
-
-
-def total_steps(provenance: dict) -> int:
-    "Optimiser steps behind a checkpoint, resumed runs included."
-    return sum(run["steps"] for run in lineage(provenance))
-
-
-def describe_provenance(provenance: dict) -> str:
-    "One line on where a checkpoint came from: steps, wall time, hardware, commit (each run's, if it was resumed)."
-    runs = lineage(provenance)
-    run_line = lambda run: f"commit {(run.get('git_commit') or 'unknown commit')[:12]}, {run['created'][:10]}"
-    minutes = sum(run["wall_time_s"] for run in runs) / 60
-    where = run_line(provenance) if len(runs) == 1 else " then ".join(f"{r['steps']:,} at {run_line(r)}" for r in runs)
-    return f"`{provenance['name']}`: {total_steps(provenance):,} steps in {minutes:.1f} min on {provenance['hardware']} ({where})"

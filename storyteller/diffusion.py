@@ -3,30 +3,32 @@
 # %% ../nbs/04_diffusion.ipynb #9530ed6f
 from __future__ import annotations
 
+import copy
 import math
-import os
 import time
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (
-    PROFILES, History, Profile, Recipe, capped, check_choice, config_fields, fit, get_device, load_shipped, results_model)
-from .foundations import CrossModalAttention, build_miniclip, miniclip_config
-from .storyworld import (LANGUAGES, StoryWorldDataset, attributes_found, build_tokenizer, draws_up_front,
-                                    fact_scores, judge_predictions, storyworld_fid, storyworld_loader)
+from .core import RUNTIMES, History, Recipe, RecipeConfig, Train, capped, check_choice, fit, get_device
+from .foundations import MINICLIP_MODEL, CrossModalAttention, MiniCLIPModel, miniclip_from
+from .storyworld import (AttributeJudge, Data, StoryWorldDataset, attributes_found, build_tokenizer,
+                                    draws_up_front, fact_scores, judge_predictions, storyworld_fid, storyworld_loader)
 from .vqvae import Downsample, Upsample, group_norm
 
 # %% auto #0
-__all__ = ['PREDICTION_TYPES', 'SCHEDULES', 'SPACINGS', 'VARIANCES', 'Denoiser', 'SAMPLER_SWEEP', 'TEXT_TO_IMAGE_CHOICES',
-           'unet_recipe', 'linear_betas', 'cosine_betas', 'NoiseSchedule', 'sampling_timesteps', 'ddpm_step',
-           'ddim_step', 'sample', 'classifier_free_guidance', 'timestep_embedding', 'TimestepEmbedder', 'TimeResBlock',
-           'SpatialTransformer', 'UNet', 'TextToImage', 'min_snr_weight', 'ema_model', 'scene_prompts',
-           'single_actor_prompts', 'evaluate_text_to_image', 'sampler_sweep', 'diffusion_config', 'unet_config',
-           'text_to_image', 'build_unet', 'load_text_encoder', 'fit_text_to_image', 'train_text_to_image']
+__all__ = ['PREDICTION_TYPES', 'SCHEDULES', 'SPACINGS', 'VARIANCES', 'SAMPLERS', 'Denoiser', 'SAMPLER_SWEEP', 'DIFFUSION_TRAIN',
+           'DIFFUSION_DATA', 'UNET_SIZES', 'UNET_CONFIGS', 'unet_recipe', 'linear_betas', 'cosine_betas',
+           'NoiseSchedule', 'sampling_timesteps', 'Sampler', 'DDPM', 'DDIM', 'get_sampler', 'sample',
+           'classifier_free_guidance', 'timestep_embedding', 'TimestepEmbedder', 'TimeResBlock', 'SpatialTransformer',
+           'UNet', 'TextToImage', 'min_snr_weight', 'ema_model', 'scene_prompts', 'single_actor_prompts',
+           'evaluate_text_to_image', 'sampler_sweep', 'TextToImageModel', 'UNetModel', 'DiffusionTrain',
+           'DiffusionEval', 'TextToImageConfig', 'UNetConfig', 'text_to_image', 'build_unet', 'fit_text_to_image',
+           'train_text_to_image']
 
 # %% ../nbs/04_diffusion.ipynb #740d436f
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -135,65 +137,109 @@ def sampling_timesteps(num_train_steps: int, num_steps: int, spacing: str = "lea
 VARIANCES = ("fixed_small", "fixed_large")
 
 
-def ddpm_step(schedule: NoiseSchedule, output: torch.Tensor, t: int, t_prev: int, x_t: torch.Tensor,
-              noise: torch.Tensor | None, variance: str = "fixed_small", prediction_type: str = "epsilon",
-              clip_sample: float | None = None) -> torch.Tensor:
-    "One ancestral step x_t → x_{t_prev}: the posterior mean given x̂₀ (clamped to ±`clip_sample` if set), plus noise of the `variance` kind when t > 0."
-    check_choice("variance", variance, VARIANCES)
-    a, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)  # float32 scalars, as the reference computes
-    alpha = a / a_prev
-    beta = 1 - alpha
-    x0, _ = schedule.predict_x0_eps(output, x_t, torch.full((len(x_t),), t, device=x_t.device), prediction_type)
-    if clip_sample is not None:
-        x0 = x0.clamp(-clip_sample, clip_sample)
-    mean = (a_prev.sqrt() * beta / (1 - a)) * x0 + (alpha.sqrt() * (1 - a_prev) / (1 - a)) * x_t
-    if t == 0:
-        return mean
-    var = ((1 - a_prev) / (1 - a) * beta).clamp(min=1e-20) if variance == "fixed_small" else beta
-    return mean + var.sqrt() * noise
+class Sampler:
+    """A way down from noise: `start` fixes the schedule, the number of steps and the denoiser's prediction type and
+    returns the timesteps to visit; `step` moves x_t to x_{t_prev}. What a sampler remembers lives in the object."""
+    name = "sampler"
+
+    def __init__(self, spacing: str = "leading", clip_sample: float | None = None):
+        self.spacing, self.clip_sample = check_choice("spacing", spacing, SPACINGS), clip_sample
+
+    def start(self, schedule: NoiseSchedule, steps: int, prediction_type: str = "epsilon") -> list[int]:
+        "Begin a run of `steps` steps down `schedule`; return the timesteps in the order visited."
+        self.schedule = schedule
+        self.prediction_type = check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        return sampling_timesteps(schedule.num_steps, steps, self.spacing).tolist()
+
+    def denoised(self, output: torch.Tensor, t: int, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "The x̂₀ (clamped to ±`clip_sample` if set) and ε̂ the denoiser's `output` implies at x_t."
+        x0, eps = self.schedule.predict_x0_eps(output, x_t, torch.full((len(x_t),), t, device=x_t.device),
+                                               self.prediction_type)
+        return (x0 if self.clip_sample is None else x0.clamp(-self.clip_sample, self.clip_sample)), eps
+
+    def step(self, output: torch.Tensor, t: int, t_prev: int, x_t: torch.Tensor,
+             noise: Callable[[], torch.Tensor]) -> torch.Tensor:
+        "x_{t_prev} from x_t and the denoiser's output there; `noise()` draws a standard normal when the step needs one."
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in self.options())})"
+
+    def options(self) -> tuple[str, ...]:
+        "The fields that choose how this sampler walks (not its state during a run)."
+        return ("spacing", "clip_sample")
 
 
-def ddim_step(schedule: NoiseSchedule, output: torch.Tensor, t: int, t_prev: int, x_t: torch.Tensor,
-              eta: float = 0.0, noise: torch.Tensor | None = None, prediction_type: str = "epsilon",
-              clip_sample: float | None = None) -> torch.Tensor:
-    "One DDIM step x_t → x_{t_prev}: √ᾱ_prev·x̂₀ + √(1 − ᾱ_prev − σ²)·ε̂ + σ·z, σ = η·√((1−ᾱ_prev)/(1−ᾱₜ)·(1 − ᾱₜ/ᾱ_prev))."
-    a, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
-    x0, eps = schedule.predict_x0_eps(output, x_t, torch.full((len(x_t),), t, device=x_t.device), prediction_type)
-    if clip_sample is not None:
-        x0 = x0.clamp(-clip_sample, clip_sample)
-    sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
-    x = a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).sqrt() * eps
-    return x + sigma * noise if eta > 0 else x
+class DDPM(Sampler):
+    "DDPM's ancestral sampler: the posterior mean given x̂₀, plus noise of the `variance` kind while t > 0."
+    name = "ddpm"
+
+    def __init__(self, variance: str = "fixed_small", **kwargs):
+        super().__init__(**kwargs)
+        self.variance = check_choice("variance", variance, VARIANCES)
+
+    def options(self) -> tuple[str, ...]:
+        return ("variance", *super().options())
+
+    def step(self, output, t, t_prev, x_t, noise):
+        a, a_prev = self.schedule.alpha_bar(t), self.schedule.alpha_bar(t_prev)  # float32 scalars, as the reference
+        alpha = a / a_prev
+        beta = 1 - alpha
+        x0, _ = self.denoised(output, t, x_t)
+        mean = (a_prev.sqrt() * beta / (1 - a)) * x0 + (alpha.sqrt() * (1 - a_prev) / (1 - a)) * x_t
+        if t == 0:
+            return mean
+        var = ((1 - a_prev) / (1 - a) * beta).clamp(min=1e-20) if self.variance == "fixed_small" else beta
+        return mean + var.sqrt() * noise()
 
 
+class DDIM(Sampler):
+    "DDIM: √ᾱ_prev·x̂₀ + √(1 − ᾱ_prev − σ²)·ε̂ + σ·z, σ = η·√((1−ᾱ_prev)/(1−ᾱₜ)·(1 − ᾱₜ/ᾱ_prev)); deterministic at η = 0."
+    name = "ddim"
+
+    def __init__(self, eta: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if eta < 0:
+            raise ValueError(f"eta must be non-negative, got {eta}")
+        self.eta = eta
+
+    def options(self) -> tuple[str, ...]:
+        return ("eta", *super().options())
+
+    def step(self, output, t, t_prev, x_t, noise):
+        a, a_prev = self.schedule.alpha_bar(t), self.schedule.alpha_bar(t_prev)
+        x0, eps = self.denoised(output, t, x_t)
+        sigma = self.eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
+        x = a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).sqrt() * eps
+        return x + sigma * noise() if self.eta > 0 else x
+
+
+SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPM, "ddim": DDIM}
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@torch.no_grad()
-def sample(denoiser: Denoiser, shape: Sequence[int], schedule: NoiseSchedule, *, sampler: str = "ddim",
-           steps: int = 50, eta: float = 0.0, variance: str = "fixed_small", prediction_type: str = "epsilon",
-           spacing: str = "leading", clip_sample: float | None = None, generator: torch.Generator | None = None,
-           device: torch.device | str = "cpu", progress: bool = False) -> torch.Tensor:
-    """Draw samples of `shape` by running `denoiser(x_t, t)` from pure noise down to t = 0.
+def get_sampler(sampler: str | Sampler) -> Sampler:
+    "A fresh sampler for one run: a copy of `sampler`, or the `SAMPLERS` class it names with its defaults."
+    if isinstance(sampler, Sampler):
+        return copy.copy(sampler)  # the caller's object stays a template: each run keeps its state in its own copy
+    return SAMPLERS[check_choice("sampler", sampler, SAMPLERS)]()
 
-    `sampler` is `ddpm` (ancestral) or `ddim`; `clip_sample` clamps x̂₀ to ±that value at each step. All randomness
-    comes from `generator`, drawn on the CPU in step order (as diffusers does), so a seed reproduces a sample on any
-    device. The previous timestep is the next one in the actual list, whatever the spacing."""
+
+@torch.no_grad()
+def sample(denoiser: Denoiser, shape: Sequence[int], schedule: NoiseSchedule, sampler: str | Sampler = "ddim", *,
+           steps: int = 50, prediction_type: str = "epsilon", generator: torch.Generator | None = None,
+           device: torch.device | str = "cpu", progress: bool = False) -> torch.Tensor:
+    """Draw samples of `shape` by running `denoiser(x_t, t)` from pure noise down to t = 0 with `sampler` (a name in
+    `SAMPLERS` or a `Sampler`). All randomness comes from `generator`, drawn on the CPU in step order (as diffusers
+    does), so a seed reproduces a sample on any device."""
     from tqdm.auto import tqdm
 
-    check_choice("sampler", sampler, ("ddpm", "ddim"))
-    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-    if eta < 0:
-        raise ValueError(f"eta must be non-negative, got {eta}")
-    timesteps = sampling_timesteps(schedule.num_steps, steps, spacing).tolist()
+    sampler = get_sampler(sampler)
+    timesteps = sampler.start(schedule, steps, prediction_type)
     draw = lambda: torch.randn(tuple(shape), generator=generator).to(device)
     x = draw()
-    for t, t_prev in tqdm(list(zip(timesteps, timesteps[1:] + [-1])), desc=sampler, disable=not progress):
-        output = denoiser(x, torch.full((shape[0],), t, device=device)).float()
-        if sampler == "ddpm":
-            x = ddpm_step(schedule, output, t, t_prev, x, draw() if t > 0 else None, variance, prediction_type, clip_sample)
-        else:
-            x = ddim_step(schedule, output, t, t_prev, x, eta, draw() if eta > 0 else None, prediction_type, clip_sample)
+    for t, t_prev in tqdm(list(zip(timesteps, timesteps[1:] + [-1])), desc=sampler.name, disable=not progress):
+        x = sampler.step(denoiser(x, torch.full((shape[0],), t, device=device)).float(), t, t_prev, x, draw)
     return x
 
 
@@ -425,10 +471,10 @@ class TextToImage(nn.Module):
         return error.mean(), {}
 
     @torch.no_grad()
-    def generate(self, captions: Sequence[str], *, steps: int = 50, sampler: str = "ddim", guidance_scale: float = 3.0,
-                 eta: float = 0.0, clip_sample: float | None = None, generator: torch.Generator | None = None,
-                 batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-        "Images `(B, 3, S, S)` in [0, 1] for `captions`, sampled with classifier-free guidance (see `sample` for the rest)."
+    def generate(self, captions: Sequence[str], *, steps: int = 50, sampler: str | Sampler = "ddim",
+                 guidance_scale: float = 3.0, generator: torch.Generator | None = None, batch_size: int = 256,
+                 progress: bool = False) -> torch.Tensor:
+        "Images `(B, 3, S, S)` in [0, 1] for `captions`, sampled by `sampler` with classifier-free guidance (see `sample`)."
         was_training = self.training
         self.eval()
         device = next(self.denoiser.parameters()).device
@@ -438,9 +484,8 @@ class TextToImage(nn.Module):
             context, mask = self.encode_text(part + [""])
             null, null_mask = context[-1:], mask[-1:]
             guided = classifier_free_guidance(self.denoiser, context[:-1], null, guidance_scale, mask[:-1], null_mask)
-            x = sample(guided, (len(part), *self.sample_shape), self.schedule, sampler=sampler, steps=steps, eta=eta,
-                       prediction_type=self.prediction_type, clip_sample=clip_sample, generator=generator, device=device,
-                       progress=progress)
+            x = sample(guided, (len(part), *self.sample_shape), self.schedule, sampler, steps=steps,
+                       prediction_type=self.prediction_type, generator=generator, device=device, progress=progress)
             images.append(self.to_images(x).float().cpu())
         self.train(was_training)
         return torch.cat(images)
@@ -480,16 +525,15 @@ def single_actor_prompts(n: int = 256, lang: str = "en") -> tuple[list[str], lis
     return scene_prompts(n, 1, lang)
 
 
-def evaluate_text_to_image(model: TextToImage, n: int = 256, *, n_actors: int = 1, world: int = 0, steps: int = 50,
-                           sampler: str = "ddim", guidance_scale: float = 3.0, eta: float = 0.0, seed: int = 0,
-                           judge: nn.Module | None = None, batch_size: int = 256) -> dict[str, float]:
+def evaluate_text_to_image(model: TextToImage, n: int = 256, *, judge: AttributeJudge, n_actors: int = 1,
+                           world: int = 0, steps: int = 50, sampler: str | Sampler = "ddim", guidance_scale: float = 3.0,
+                           seed: int = 0, batch_size: int = 256) -> dict[str, float]:
     """What the judge finds in pictures generated for `n` held-out `scene_prompts`: the share of facts per attribute
     and overall, the share of whole scenes right (`scene`), StoryWorld FID against as many real scenes (`fid`), and the
     seconds the sampling took. A smoke run (`STORYTELLER_STEP_CAP`) samples in fewer steps."""
     captions, scenes = scene_prompts(n, n_actors, world=world)
-    judge = judge if judge is not None else load_shipped("judge")[0]
     start = time.perf_counter()
-    images = model.generate(captions, steps=capped(steps), sampler=sampler, guidance_scale=guidance_scale, eta=eta,
+    images = model.generate(captions, steps=capped(steps), sampler=sampler, guidance_scale=guidance_scale,
                             generator=torch.Generator().manual_seed(seed), batch_size=batch_size)
     seconds = time.perf_counter() - start
     preds = judge_predictions(judge, images)
@@ -502,87 +546,122 @@ SAMPLER_SWEEP = (("ddim", 10), ("ddim", 25), ("ddim", 50), ("ddim", 100), ("ddpm
 
 
 def sampler_sweep(model: TextToImage, n: int = 64, guidance_scale: float = 3.0,
-                  settings: Sequence[tuple[str, int]] = SAMPLER_SWEEP, judge: nn.Module | None = None) -> dict[str, dict]:
+                  settings: Sequence[tuple[str | Sampler, int]] = SAMPLER_SWEEP, *,
+                  judge: AttributeJudge) -> dict[str, dict]:
     "`evaluate_text_to_image` for each (sampler, steps) on the same prompts and starting noise: accuracy against time."
-    judge = judge if judge is not None else load_shipped("judge")[0]
-    return {f"{sampler}-{steps}": evaluate_text_to_image(model, n, sampler=sampler, steps=steps,
-                                                         guidance_scale=guidance_scale, judge=judge)
+    return {f"{get_sampler(sampler).name}-{steps}": evaluate_text_to_image(model, n, sampler=sampler, steps=steps,
+                                                                           guidance_scale=guidance_scale, judge=judge)
             for sampler, steps in settings}
 
 # %% ../nbs/04_diffusion.ipynb #b6ff74ca
-def diffusion_config(profile: Profile) -> dict:
-    "What every text-to-image recipe shares: schedule, prediction, guidance, data, evaluation, and the text encoder's config."
-    gpu = profile.name == "gpu"
-    return {"steps": 6000 if gpu else 3000, "batch_size": 64, "lr": 1e-3, "warmup": 200,
-            "schedule": "cosine", "prediction_type": "v_prediction", "cond_drop": 0.1, "ema_decay": 0.999, "train_text": False, "snr_gamma": 5.0,
-            "image_size": profile.image_size, "lang": "both", "eval_prompts": 256, "eval_steps": 50,
-            "guidance_scale": 3.0, "sweep_prompts": 0, "num_workers": min(4, os.cpu_count() or 1) if gpu else 1, "seed": 0,
-            "profile": profile.name, "text": miniclip_config(profile)}
+@dataclass(frozen=True, kw_only=True)
+class TextToImageModel:
+    """What every text-to-image model of the book is besides its denoiser: a noise schedule, the kind of output its
+    denoiser predicts, and the text encoder it reads captions with (the `miniclip` recipe's architecture)."""
+    schedule: Literal["linear", "cosine"] = "cosine"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
+    text: MiniCLIPModel = MINICLIP_MODEL
 
 
-def unet_config(profile: Profile) -> dict:
-    "The pixel-space U-Net's config: width 32 on 32×32 images (cpu), with one more level on 64×64 (gpu)."
-    gpu = profile.name == "gpu"
-    return {**diffusion_config(profile), "sweep_prompts": 64,
-            "ch": 32, "ch_mult": [1, 2, 2, 2] if gpu else [1, 2, 2],
-            "num_res_blocks": 1, "attention_levels": [2, 3] if gpu else [2], "heads": 4}
+@dataclass(frozen=True, kw_only=True)
+class UNetModel(TextToImageModel):
+    "The pixel-space U-Net: its width, levels, residual blocks per level, attention levels and heads."
+    ch: int = 32
+    ch_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attention_levels: tuple[int, ...] = (2,)
+    heads: int = 4
 
 
-def text_to_image(denoiser: nn.Module, config: dict, codec: nn.Module | None = None,
+@dataclass(frozen=True, kw_only=True)
+class DiffusionTrain(Train):
+    """Denoising training: the caption dropped `cond_drop` of the time (for guidance), an EMA of the weights, the text
+    encoder fine-tuned too if `train_text`, and min-SNR-γ weighting with `snr_gamma` (None: unweighted)."""
+    cond_drop: float = 0.1
+    ema_decay: float = 0.999
+    train_text: bool = False
+    snr_gamma: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffusionEval:
+    "The final measurement: DDIM with `eval_steps` steps and guidance on `eval_prompts` held-out prompts, and the sampler sweep."
+    eval_prompts: int = 256
+    eval_steps: int = 50
+    guidance_scale: float = 3.0
+    sweep_prompts: int = 0  # prompts of the sampler sweep (0: none)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextToImageConfig(RecipeConfig):
+    model: TextToImageModel
+    data: Data
+    train: DiffusionTrain
+    eval: DiffusionEval = DiffusionEval()
+
+
+@dataclass(frozen=True, kw_only=True)
+class UNetConfig(TextToImageConfig):
+    model: UNetModel
+
+
+DIFFUSION_TRAIN = {"S": DiffusionTrain(steps=3000, batch_size=64, lr=1e-3, warmup=200, snr_gamma=5.0),
+                   "M": DiffusionTrain(steps=6000, batch_size=64, lr=1e-3, warmup=200, snr_gamma=5.0)}
+DIFFUSION_DATA = {"S": Data(image_size=32, lang="both"), "M": Data(image_size=64, lang="both")}
+UNET_SIZES = {"S": UNetModel(), "M": UNetModel(ch_mult=(1, 2, 2, 2), attention_levels=(2, 3))}  # a level more at 64×64
+UNET_CONFIGS = {size: UNetConfig(model=UNET_SIZES[size], data=DIFFUSION_DATA[size], train=DIFFUSION_TRAIN[size],
+                                 eval=DiffusionEval(sweep_prompts=64), runtime=RUNTIMES[size]) for size in ("S", "M")}
+
+
+def text_to_image(denoiser: nn.Module, config: TextToImageConfig, codec: nn.Module | None = None,
                   latent_shape: Sequence[int] | None = None) -> TextToImage:
-    """A `TextToImage` around `denoiser` with an untrained text encoder of the config's mini-CLIP architecture (trained
-    with the denoiser if the config says `train_text`; checkpoints from before that field keep it frozen), and the
-    config's min-SNR `snr_gamma` if it has one."""
-    text_encoder = build_miniclip(config["text"]).text_encoder
-    return TextToImage(denoiser, text_encoder, build_tokenizer(), config["image_size"], config["schedule"],
-                       prediction_type=config["prediction_type"], cond_drop=config["cond_drop"],
-                       latent_shape=latent_shape, codec=codec, train_text=config.get("train_text", False),
-                       snr_gamma=config.get("snr_gamma"))
+    "A `TextToImage` around `denoiser`, with an untrained text encoder of the config's mini-CLIP architecture."
+    model, train = config.model, config.train
+    return TextToImage(denoiser, miniclip_from(model.text).text_encoder, build_tokenizer(), config.data.image_size,
+                       model.schedule, prediction_type=model.prediction_type, cond_drop=train.cond_drop,
+                       latent_shape=latent_shape, codec=codec, train_text=train.train_text, snr_gamma=train.snr_gamma)
 
 
-def build_unet(config: dict) -> TextToImage:
+def build_unet(config: UNetConfig) -> TextToImage:
     "An untrained pixel-space text-to-image U-Net sized by `config`."
-    unet = UNet(**config_fields(config, "ch", "ch_mult", "num_res_blocks", "attention_levels", "heads"),
-                context_dim=config["text"]["text_dim"])
+    m = config.model
+    unet = UNet(ch=m.ch, ch_mult=m.ch_mult, num_res_blocks=m.num_res_blocks, attention_levels=m.attention_levels,
+                heads=m.heads, context_dim=m.text.text_dim)
     return text_to_image(unet, config)
 
 
-def load_text_encoder(model: TextToImage, config: dict) -> None:
-    "Put the weights of the profile's mini-CLIP text encoder (shipped, or the reader's own) into `model`."
-    clip, provenance = results_model("miniclip", PROFILES[config["profile"]])
-    if provenance["config"] != config["text"]:
-        raise ValueError("the mini-CLIP at hand was trained with another config than this recipe's 'text' entry")
-    model.text_encoder.load_state_dict(clip.text_encoder.state_dict())
-
-
-def fit_text_to_image(model: TextToImage, config: dict, progress: bool = True) -> History:
-    "Train `model`'s denoiser as `config` says, with an EMA of its weights that becomes the model's weights at the end."
-    load_text_encoder(model, config)
-    loader = storyworld_loader("train", batch_size=config["batch_size"], seed=config["seed"],
-                               image_size=config["image_size"], lang=config["lang"], num_workers=config["num_workers"],
-                               drawn=draws_up_front(config["steps"], config["batch_size"]))
+def fit_text_to_image(model: TextToImage, config: TextToImageConfig, progress: bool = True, *,
+                      miniclip: nn.Module) -> History:
+    """Train `model`'s denoiser as `config` says, reading captions with the text encoder of `miniclip`; an EMA of its
+    weights becomes the model's weights at the end."""
+    model.text_encoder.load_state_dict(miniclip.text_encoder.state_dict())
+    train, data = config.train, config.data
+    loader = storyworld_loader("train", batch_size=train.batch_size, seed=train.seed, image_size=data.image_size,
+                               lang=data.lang, num_workers=config.runtime.num_workers,
+                               drawn=draws_up_front(train.steps, train.batch_size))
     model.to(get_device())
     trainable = model.trainable()
-    averaged = ema_model(trainable, config["ema_decay"])
-    history = fit(model, lambda m, batch: m.loss(batch), loader, config["steps"], lr=config["lr"],
-                  warmup=config["warmup"], progress=progress, desc=type(model.denoiser).__name__,
+    averaged = ema_model(trainable, train.ema_decay)
+    history = fit(model, lambda m, batch: m.loss(batch), loader, train.steps, lr=train.lr, warmup=train.warmup,
+                  progress=progress, desc=type(model.denoiser).__name__,
                   on_step=lambda step, batch: averaged.update_parameters(trainable))
     trainable.load_state_dict(averaged.module.state_dict())
     return history
 
 
-def train_text_to_image(model: TextToImage, config: dict, progress: bool = True) -> dict:
-    "`fit_text_to_image`, then the judge's verdict: `evaluate_text_to_image` at the config's settings, and the sampler sweep."
-    fit_text_to_image(model, config, progress)
-    judge = load_shipped("judge")[0]
-    metrics = evaluate_text_to_image(model, config["eval_prompts"], steps=config["eval_steps"],
-                                     guidance_scale=config["guidance_scale"], judge=judge)
-    if config["sweep_prompts"]:
-        metrics["sampler sweep"] = sampler_sweep(model, config["sweep_prompts"], config["guidance_scale"], judge=judge)
+def train_text_to_image(model: TextToImage, config: TextToImageConfig, progress: bool = True, *,
+                        miniclip: nn.Module, judge: AttributeJudge) -> dict:
+    "`fit_text_to_image`, then the `judge`'s verdict: `evaluate_text_to_image` at the config's settings, and the sampler sweep."
+    fit_text_to_image(model, config, progress, miniclip=miniclip)
+    evaluation = config.eval
+    metrics = evaluate_text_to_image(model, evaluation.eval_prompts, steps=evaluation.eval_steps,
+                                     guidance_scale=evaluation.guidance_scale, judge=judge)
+    if evaluation.sweep_prompts:
+        metrics["sampler sweep"] = sampler_sweep(model, evaluation.sweep_prompts, evaluation.guidance_scale, judge=judge)
     return metrics
 
 
-TEXT_TO_IMAGE_CHOICES = {"schedule": SCHEDULES, "prediction_type": PREDICTION_TYPES, "lang": (*LANGUAGES, "both")}
-unet_recipe = Recipe("unet", build_unet, train_text_to_image, unet_config, ship_steps=3000,
-                     description="text-to-image U-Net on StoryWorld pixels, mini-CLIP text, guidance",
-                     choices=TEXT_TO_IMAGE_CHOICES)
+unet_recipe = Recipe("unet", UNET_CONFIGS, build_unet, train_text_to_image, ship_steps=3000,
+                     needs={"miniclip": "text"}, tools=("judge",),
+                     description="text-to-image U-Net on StoryWorld pixels, mini-CLIP text, guidance")
+

@@ -3,21 +3,23 @@
 # %% ../nbs/05_dit.ipynb #8fca4a24
 from __future__ import annotations
 
+from dataclasses import dataclass, fields, replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import PROFILES, Profile, Recipe, config_fields, results_model
-from .diffusion import (TEXT_TO_IMAGE_CHOICES, TextToImage, TimestepEmbedder, diffusion_config, text_to_image,
-                                   train_text_to_image)
+from .core import RUNTIMES, Recipe
+from .diffusion import (DIFFUSION_DATA, DIFFUSION_TRAIN, DiffusionEval, TextToImage, TextToImageConfig,
+                                   TextToImageModel, TimestepEmbedder, text_to_image, train_text_to_image)
 from .foundations import CrossModalAttention
-from .storyworld import load_split
-from .vqgan import vqgan_config
-from .vqvae import VQVAE, build_vqvae
+from .storyworld import AttributeJudge, load_split
+from .vqgan import VQGAN_CONFIGS, VQGANModel
+from .vqvae import VQVAE, VQVAEModel
 
 # %% auto #0
-__all__ = ['dit_recipe', 'modulate', 'sincos_1d', 'sincos_2d', 'SelfAttention', 'DiTBlock', 'FinalLayer', 'DiT', 'LatentCodec',
-           'dit_config', 'build_dit', 'load_autoencoder', 'train_dit']
+__all__ = ['DIT_SIZES', 'DIT_CONFIGS', 'dit_recipe', 'modulate', 'sincos_1d', 'sincos_2d', 'SelfAttention', 'DiTBlock',
+           'FinalLayer', 'DiT', 'LatentCodec', 'DiTModel', 'DiTConfig', 'build_dit', 'use_autoencoder', 'train_dit']
 
 # %% ../nbs/05_dit.ipynb #06ac27ea
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -183,40 +185,56 @@ class LatentCodec(nn.Module):
         return self.scale.item()
 
 # %% ../nbs/05_dit.ipynb #b02c4b29
-def dit_config(profile: Profile) -> dict:
-    "The latent DiT's config: the shared text-to-image settings (a Transformer's learning rate), a DiT over the profile's VQGAN latents (8×8 tokens)."
-    gpu = profile.name == "gpu"
-    return {**diffusion_config(profile), "lr": 5e-4, "dim": 256 if gpu else 192, "depth": 8 if gpu else 6, "heads": 4,
-            "patch_size": 1, "mlp_ratio": 4.0, "cross_attention": True, "autoencoder": vqgan_config(profile)}
+@dataclass(frozen=True, kw_only=True)
+class DiTModel(TextToImageModel):
+    "The latent DiT: width, depth, heads, patch size, MLP ratio and cross-attention, over the latents of a VQGAN of `autoencoder`'s architecture."
+    dim: int = 192
+    depth: int = 6
+    heads: int = 4
+    patch_size: int = 1
+    mlp_ratio: float = 4.0
+    cross_attention: bool = True
+    autoencoder: VQGANModel = VQGAN_CONFIGS["S"].model
 
 
-def build_dit(config: dict) -> TextToImage:
+@dataclass(frozen=True, kw_only=True)
+class DiTConfig(TextToImageConfig):
+    model: DiTModel
+
+
+DIT_SIZES = {"S": DiTModel(autoencoder=VQGAN_CONFIGS["S"].model),
+             "M": DiTModel(dim=256, depth=8, autoencoder=VQGAN_CONFIGS["M"].model)}
+DIT_CONFIGS = {size: DiTConfig(model=DIT_SIZES[size], data=DIFFUSION_DATA[size], eval=DiffusionEval(),
+                               train=replace(DIFFUSION_TRAIN[size], lr=5e-4), runtime=RUNTIMES[size])  # a Transformer's lr
+               for size in ("S", "M")}
+
+
+def build_dit(config: DiTConfig) -> TextToImage:
     "An untrained latent text-to-image DiT, with an (untrained) autoencoder of the config's VQGAN architecture."
-    autoencoder = build_vqvae(config["autoencoder"])
-    grid = config["autoencoder"]["image_size"] // 2 ** (len(config["autoencoder"]["ch_mult"]) - 1)
-    channels = config["autoencoder"]["code_dim"]
-    dit = DiT(grid, in_channels=channels, context_dim=config["text"]["text_dim"],
-              **config_fields(config, "patch_size", "dim", "depth", "heads", "mlp_ratio", "cross_attention"))
-    return text_to_image(dit, config, codec=LatentCodec(autoencoder), latent_shape=(channels, grid, grid))
+    m, ae = config.model, config.model.autoencoder
+    grid = config.data.image_size // 2 ** (len(ae.ch_mult) - 1)
+    autoencoder = VQVAE(**{f.name: getattr(ae, f.name) for f in fields(VQVAEModel)})  # the VQGAN without its critic
+    dit = DiT(grid, patch_size=m.patch_size, in_channels=ae.code_dim, dim=m.dim, depth=m.depth, heads=m.heads,
+              mlp_ratio=m.mlp_ratio, context_dim=m.text.text_dim, cross_attention=m.cross_attention)
+    return text_to_image(dit, config, codec=LatentCodec(autoencoder), latent_shape=(ae.code_dim, grid, grid))
 
 
-def load_autoencoder(model: TextToImage, config: dict) -> None:
-    "Put the profile's VQGAN (shipped, or the reader's own) into `model`'s codec and scale its latents to unit variance."
-    vqgan, provenance = results_model("vqgan", PROFILES[config["profile"]])
-    if provenance["config"] != config["autoencoder"]:
-        raise ValueError("the VQGAN at hand was trained with another config than this recipe's 'autoencoder' entry")
+def use_autoencoder(model: TextToImage, vqgan: nn.Module, image_size: int) -> None:
+    "Put `vqgan`'s autoencoder into `model`'s codec and scale its latents to unit variance on training pictures."
     weights = {k: v for k, v in vqgan.state_dict().items() if not k.startswith("discriminator.")}
     model.codec.autoencoder.load_state_dict(weights)
-    sample_images = load_split("train", 1024, image_size=config["image_size"])["image"]
+    sample_images = load_split("train", 1024, image_size=image_size)["image"]
     model.codec.fit_scale(sample_images.to(next(model.codec.parameters()).device))
 
 
-def train_dit(model: TextToImage, config: dict, progress: bool = True) -> dict:
-    "Fetch the VQGAN into the codec, then train like any text-to-image model (`train_text_to_image`)."
-    load_autoencoder(model, config)
-    return train_text_to_image(model, config, progress)
+def train_dit(model: TextToImage, config: DiTConfig, progress: bool = True, *, miniclip: nn.Module, vqgan: nn.Module,
+              judge: AttributeJudge) -> dict:
+    "Put the `vqgan` into the codec, then train like any text-to-image model (`train_text_to_image`)."
+    use_autoencoder(model, vqgan, config.data.image_size)
+    return train_text_to_image(model, config, progress, miniclip=miniclip, judge=judge)
 
 
-dit_recipe = Recipe("dit", build_dit, train_dit, dit_config, ship_steps=3000,
-                    description="text-to-image DiT on StoryWorld VQGAN latents, mini-CLIP text, guidance",
-                    choices=TEXT_TO_IMAGE_CHOICES)
+dit_recipe = Recipe("dit", DIT_CONFIGS, build_dit, train_dit, ship_steps=3000,
+                    needs={"miniclip": "text", "vqgan": "autoencoder"}, tools=("judge",),
+                    description="text-to-image DiT on StoryWorld VQGAN latents, mini-CLIP text, guidance")
+

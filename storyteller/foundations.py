@@ -7,26 +7,27 @@ import itertools
 import math
 import os
 import random
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Profile, Recipe, StorytellerError, config_fields, fit, get_device
+from .core import RUNTIMES, Eval, Recipe, RecipeConfig, StorytellerError, Train, fit, get_device
 from .storyworld import (BACKGROUNDS, COLOURS, LANGUAGES, N_TEMPLATES, POSITIONS, SHAPES, SIZES, Actor,
-                                    Scene, build_tokenizer, caption, draws_up_front, load_split, scene_from_labels,
-                                    storyworld_loader)
+                                    Data, Scene, build_tokenizer, caption, draws_up_front, load_split,
+                                    scene_from_labels, storyworld_loader, vocabulary)
 
 # %% auto #0
-__all__ = ['MAX_LOGIT_SCALE', 'IGNORE_INDEX', 'ATTRIBUTE_VALUES', 'miniclip_recipe', 'l2_normalize', 'JointEmbeddingModel',
-           'CrossModalAttention', 'FusionLayer', 'MultimodalFusion', 'contrastive_logits', 'contrastive_loss',
-           'swap_attribute', 'caption_style', 'swapped_caption', 'binding_negatives', 'negclip_loss', 'mask_tokens',
-           'MLMHead', 'masked_lm_loss', 'mine_hard_negatives', 'ITMHead', 'ImageEncoder', 'TextEncoder', 'MiniCLIP',
-           'clip_step_loss', 'VisionLanguagePretrainer', 'embed_texts', 'embed_images', 'retrieval_metrics',
-           'binding_accuracy', 'one_actor_scenes', 'attribute_value', 'zero_shot_classifiers', 'zero_shot_accuracy',
-           'miniclip_config', 'build_miniclip', 'evaluate_miniclip', 'train_miniclip']
+__all__ = ['MAX_LOGIT_SCALE', 'IGNORE_INDEX', 'ATTRIBUTE_VALUES', 'MINICLIP_MODEL', 'MINICLIP_CONFIGS', 'miniclip_recipe',
+           'l2_normalize', 'JointEmbeddingModel', 'CrossModalAttention', 'FusionLayer', 'MultimodalFusion',
+           'contrastive_logits', 'contrastive_loss', 'swap_attribute', 'caption_style', 'swapped_caption',
+           'binding_negatives', 'negclip_loss', 'mask_tokens', 'MLMHead', 'masked_lm_loss', 'mine_hard_negatives',
+           'ITMHead', 'ImageEncoder', 'TextEncoder', 'MiniCLIP', 'clip_step_loss', 'VisionLanguagePretrainer',
+           'embed_texts', 'embed_images', 'retrieval_metrics', 'binding_accuracy', 'one_actor_scenes',
+           'attribute_value', 'zero_shot_classifiers', 'zero_shot_accuracy', 'MiniCLIPModel', 'CLIPTrain',
+           'MiniCLIPConfig', 'miniclip_from', 'build_miniclip', 'evaluate_miniclip', 'train_miniclip']
 
 # %% ../nbs/01_foundations.ipynb #aa45f276
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -450,22 +451,55 @@ def zero_shot_accuracy(model: MiniCLIP, tokenizer, images: torch.Tensor, scenes:
 
 
 # %% ../nbs/01_foundations.ipynb #e13e0627
-def miniclip_config(profile: Profile) -> dict:
-    "The mini-CLIP's training config for a profile (the GPU trains longer on bigger batches)."
-    gpu = profile.name == "gpu"
-    return {"steps": 5000 if gpu else 3000, "batch_size": 256 if gpu else 128, "lr": 1e-3, "weight_decay": 0.05,
-            "warmup": 200, "embed_dim": 128, "image_width": 32, "text_dim": 128, "text_depth": 2, "num_heads": 4,
-            "vocab_size": len(build_tokenizer()), "lang": "both", "image_size": profile.image_size,
-            "hard_negatives": True, "eval_size": 1000, "num_workers": min(4, os.cpu_count() or 1) if gpu else 1, "seed": 0}
+@dataclass(frozen=True, kw_only=True)
+class MiniCLIPModel:
+    """The mini-CLIP's architecture. Its vocabulary is the StoryWorld tokenizer's, rebuilt from code, so its size is
+    part of the model: a checkpoint made with another vocabulary refuses to load."""
+    vocab_size: int
+    embed_dim: int = 128
+    image_width: int = 32
+    text_dim: int = 128
+    text_depth: int = 2
+    num_heads: int = 4
 
 
-def build_miniclip(config: dict) -> MiniCLIP:
-    "An untrained `MiniCLIP` sized by `config`, checked against the StoryWorld tokenizer."
+@dataclass(frozen=True, kw_only=True)
+class CLIPTrain(Train):
+    "Contrastive training: `hard_negatives` adds NegCLIP's attribute-swapped captions as negatives."
+    hard_negatives: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class MiniCLIPConfig(RecipeConfig):
+    model: MiniCLIPModel
+    data: Data
+    train: CLIPTrain
+    eval: Eval = Eval()
+
+
+MINICLIP_MODEL = MiniCLIPModel(vocab_size=len(vocabulary()))
+MINICLIP_CONFIGS = {  # the GPU trains longer, on bigger batches of bigger pictures
+    "S": MiniCLIPConfig(model=MINICLIP_MODEL, data=Data(image_size=32, lang="both"),
+                        train=CLIPTrain(steps=3000, batch_size=128, lr=1e-3, weight_decay=0.05, warmup=200,
+                                        hard_negatives=True)),
+    "M": MiniCLIPConfig(model=MINICLIP_MODEL, data=Data(image_size=64, lang="both"),
+                        train=CLIPTrain(steps=5000, batch_size=256, lr=1e-3, weight_decay=0.05, warmup=200,
+                                        hard_negatives=True),
+                        runtime=RUNTIMES["M"]),
+}
+
+
+def miniclip_from(model: MiniCLIPModel) -> MiniCLIP:
+    "An untrained `MiniCLIP` of the architecture `model`, checked against the StoryWorld tokenizer."
     tok = build_tokenizer()
-    if config["vocab_size"] != len(tok):
-        raise ValueError(f"config vocab_size {config['vocab_size']} does not match the StoryWorld tokenizer ({len(tok)})")
-    return MiniCLIP(len(tok), **config_fields(config, "embed_dim", "image_width", "text_dim", "text_depth", "num_heads"),
-                    max_length=tok.model_max_length, pad_token_id=tok.pad_token_id)
+    if model.vocab_size != len(tok):
+        raise ValueError(f"the model's vocab_size {model.vocab_size} does not match the StoryWorld tokenizer ({len(tok)})")
+    return MiniCLIP(**asdict(model), max_length=tok.model_max_length, pad_token_id=tok.pad_token_id)
+
+
+def build_miniclip(config: MiniCLIPConfig) -> MiniCLIP:
+    "An untrained `MiniCLIP` sized by `config`."
+    return miniclip_from(config.model)
 
 
 def evaluate_miniclip(model: MiniCLIP, n: int = 1000, lang: str = "en", image_size: int = 32) -> dict[str, float]:
@@ -483,20 +517,21 @@ def evaluate_miniclip(model: MiniCLIP, n: int = 1000, lang: str = "en", image_si
             "binding": binding_accuracy(model, tok, n, lang, image_size)}
 
 
-def train_miniclip(model: MiniCLIP, config: dict, progress: bool = True) -> dict:
-    "Train `model` with the contrastive loss (NegCLIP's if the config asks for `hard_negatives`) as `config` says; return its held-out metrics in English."
+def train_miniclip(model: MiniCLIP, config: MiniCLIPConfig, progress: bool = True) -> dict:
+    "Train `model` with the contrastive loss (NegCLIP's with `hard_negatives`) as `config` says; return its held-out metrics in English."
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by torchrun and accelerate launch
         raise StorytellerError("mini-CLIP training runs in one process: the contrastive loss would see only each process's "
                          "share of the batch as negatives; launch it without torchrun or accelerate launch")
-    loader = storyworld_loader("train", batch_size=config["batch_size"], seed=config["seed"], lang=config["lang"],
-                               image_size=config["image_size"], num_workers=config["num_workers"],
-                               drawn=draws_up_front(config["steps"], config["batch_size"]))
-    loss_fn = clip_step_loss(build_tokenizer(), config.get("hard_negatives", False), config["seed"])
-    fit(model.to(get_device()), loss_fn, loader, config["steps"], lr=config["lr"],
-        weight_decay=config["weight_decay"], warmup=config["warmup"], progress=progress, desc="mini-CLIP")
-    return evaluate_miniclip(model, config["eval_size"], "en", config["image_size"])
+    train, data = config.train, config.data
+    loader = storyworld_loader("train", batch_size=train.batch_size, seed=train.seed, lang=data.lang,
+                               image_size=data.image_size, num_workers=config.runtime.num_workers,
+                               drawn=draws_up_front(train.steps, train.batch_size))
+    loss_fn = clip_step_loss(build_tokenizer(), train.hard_negatives, train.seed)
+    fit(model.to(get_device()), loss_fn, loader, train.steps, lr=train.lr, weight_decay=train.weight_decay,
+        warmup=train.warmup, progress=progress, desc="mini-CLIP")
+    return evaluate_miniclip(model, config.eval.eval_size, "en", data.image_size)
 
 
-miniclip_recipe = Recipe("miniclip", build_miniclip, train_miniclip, miniclip_config, ship_steps=3000,
-                         description="mini-CLIP on StoryWorld (CNN + Transformer, contrastive), en + zh",
-                         choices={"lang": (*LANGUAGES, "both")})
+miniclip_recipe = Recipe("miniclip", MINICLIP_CONFIGS, build_miniclip, train_miniclip, ship_steps=3000,
+                         description="mini-CLIP on StoryWorld (CNN + Transformer, contrastive), en + zh")
+

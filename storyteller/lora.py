@@ -18,8 +18,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .core import History, StorytellerError, atomic_write, fit, mistyped, to_pil
-from .diffusion import TextToImage, classifier_free_guidance, sample
+from .core import History, StorytellerError, atomic_write, fit, to_pil
+from .diffusion import Sampler, TextToImage, classifier_free_guidance, sample
 from .storyworld import (BACKGROUNDS, COLOURS, EN, POSITIONS, SHAPES, SIZES, X_CENTRE, Actor, AttributeJudge, Scene,
                                     StoryWorldDataset, actor_phrase, attributes_found, fact_scores,
                                     judge_predictions, render, scene_attributes, to_tensor)
@@ -273,7 +273,8 @@ def read_adapter_config(directory: str | Path) -> dict:
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in config:
             raise AdapterError(f"{path}: field {key!r} is missing")
-    if type(config["r"]) is not int or config["r"] < 1 or mistyped(config["lora_alpha"], float):
+    alpha = config["lora_alpha"]
+    if type(config["r"]) is not int or config["r"] < 1 or isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise AdapterError(f"{path}: fields 'r' and 'lora_alpha' must be a positive integer and a number, got "
                            f"{config['r']!r} and {config['lora_alpha']!r}")
     for key in ("target_modules", "exclude_modules"):
@@ -631,8 +632,9 @@ def adapter_swapper(model: nn.Module, adapters: dict[str, dict[str, torch.Tensor
 @torch.no_grad()
 def generate_regions(model: TextToImage, pictures: Sequence[Sequence[Region]],
                      adapters: dict[str, dict[str, torch.Tensor]] | None = None, *, steps: int = 50,
-                     guidance_scale: float = 3.0, generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """Images `(B, 3, S, S)` in [0, 1], one per list of regions: at every DDIM step each region's guided prediction,
+                     sampler: str | Sampler = "ddim", guidance_scale: float = 3.0, generator: torch.Generator | None = None,
+                     progress: bool = False) -> torch.Tensor:
+    """Images `(B, 3, S, S)` in [0, 1], one per list of regions: at every sampler step each region's guided prediction,
     from its caption with its adapter, fills that region's columns, and all regions denoise one shared x_t
     (MultiDiffusion, Bar-Tal et al. 2023) — so each character is drawn by its own adapter in one coherent picture."""
     adapters = adapters or {}
@@ -659,7 +661,7 @@ def generate_regions(model: TextToImage, pictures: Sequence[Sequence[Region]],
                 use(key)
                 out.index_add_(0, index, guided(x[index], t[index]).float() * columns)
             return out
-        x = sample(fused, (len(pictures), *model.sample_shape), model.schedule, sampler="ddim", steps=steps,
+        x = sample(fused, (len(pictures), *model.sample_shape), model.schedule, sampler, steps=steps,
                    prediction_type=model.prediction_type, generator=generator, device=device, progress=progress)
     model.train(was_training)
     return model.to_images(x).float().cpu()

@@ -26,8 +26,8 @@ from torch import nn
 from .adapters import (DTYPES, GENERATION_BATCH, QUANTIZATIONS, BLIP2Adapter, Capability, CLIPAdapter, DescriberAdapter,
                                   IllustratorAdapter, LLaVAAdapter, MiniCLIPAdapter, MultimodalModel, QwenVLAdapter,
                                   StoryWriterAdapter, is_chinese)
-from .core import (SHIPPED_DIR, ConfigError, StorytellerError, atomic_write, get_recipe, mistyped,
-                              read_provenance)
+from .core import SHIPPED_DIR, ConfigError, StorytellerError, atomic_write, check_value, read_provenance
+from .recipes import config_of, get_recipe
 
 # %% auto #0
 __all__ = ['MODEL_TYPES', 'SPEC_FIELDS', 'DEVICE', 'QUANTIZED_BYTES', 'STORY_TOKENS', 'CAPTION_TOKENS', 'PROMPT_TOKENS',
@@ -107,8 +107,7 @@ def check_options(label: str, kind: ModelType, options: Any) -> None:
         raise ConfigError(f"{label}: field 'options' has {bad[0]!r}, which type {kind.name!r} does not take; it takes "
                           f"{', '.join(sorted(kind.options)) or 'no options'}")
     for name, value in options.items():
-        if mistyped(value, kind.options[name]):
-            raise ConfigError(f"{label}: option {name!r} is {value!r}; it must be of type {kind.options[name].__name__}")
+        check_value(f"{label}: option {name!r}", value, kind.options[name])
 
 
 def parse_spec(entry: Any, index: int) -> ModelSpec:
@@ -258,7 +257,7 @@ def estimate_own_bytes(spec: ModelSpec, recipe: str) -> int:
     "Memory one of the book's models will take: built on the meta device from its checkpoint's provenance config."
     from accelerate import init_empty_weights
 
-    config = read_provenance(Path(spec.path) if spec.path else SHIPPED_DIR / f"{recipe}.safetensors")["config"]
+    config = config_of(read_provenance(Path(spec.path) if spec.path else SHIPPED_DIR / f"{recipe}.safetensors"))
     with init_empty_weights():
         model = get_recipe(recipe).build(config)
     return parameter_bytes(model)

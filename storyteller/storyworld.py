@@ -9,14 +9,14 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
-from .core import Profile, Recipe, check_choice, config_fields, fit, get_device
+from .core import Eval, Recipe, RecipeConfig, Train, check_choice, fit, get_device
 
 # %% auto #0
 __all__ = ['BACKGROUNDS', 'SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'NAMES', 'RGB', 'PALETTES', 'X_CENTRE', 'RADIUS',
@@ -24,10 +24,10 @@ __all__ = ['BACKGROUNDS', 'SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'NAMES', 'R
            'ATTRIBUTES', 'SPLIT_SIZES', 'SPECIAL_TOKENS', 'judge_recipe', 'Actor', 'Scene', 'sample_scene',
            'shape_polygon', 'render', 'to_tensor', 'actor_phrase', 'caption', 'word_pattern', 'scene_labels',
            'scene_from_labels', 'relation', 'scene_attributes', 'StoryWorldDataset', 'drawn_pictures', 'draws_up_front',
-           'storyworld_loader', 'load_split', 'build_tokenizer', 'AttributeJudge', 'judge_loss', 'judge_accuracy',
-           'label_values', 'attributes_found', 'fact_scores', 'judge_predictions', 'attribute_scores',
-           'attribute_accuracy', 'evaluate_judge', 'judge_config', 'build_judge', 'train_judge', 'judge_features',
-           'frechet_distance', 'real_images', 'storyworld_fid', 'fid_floor']
+           'storyworld_loader', 'load_split', 'vocabulary', 'build_tokenizer', 'AttributeJudge', 'judge_loss',
+           'judge_accuracy', 'label_values', 'attributes_found', 'fact_scores', 'judge_predictions', 'attribute_scores',
+           'attribute_accuracy', 'evaluate_judge', 'Data', 'JudgeModel', 'JudgeConfig', 'build_judge', 'train_judge',
+           'judge_features', 'frechet_distance', 'real_images', 'storyworld_fid', 'fid_floor']
 
 # %% ../nbs/00_storyworld.ipynb #0fd5f547
 BACKGROUNDS = ("meadow", "sky", "night", "desert", "sea", "forest")
@@ -356,22 +356,35 @@ def _caption_phrases() -> list[str]:
     return [re.sub(r"\{\w+\}", " ", p) for p in phrases] + ["名叫的一"]
 
 
+def _text_steps():
+    "The normaliser (lower case, spaces around each Chinese character) and the word splitter the tokenizer uses."
+    from tokenizers import normalizers, pre_tokenizers
+
+    return (normalizers.BertNormalizer(handle_chinese_chars=True, strip_accents=False, lowercase=True),
+            pre_tokenizers.BertPreTokenizer())
+
+
+@functools.cache
+def vocabulary() -> tuple[str, ...]:
+    "The StoryWorld tokenizer's tokens in id order: the special tokens, then every word a caption can hold, sorted."
+    norm, pre = _text_steps()
+    return SPECIAL_TOKENS + tuple(sorted({w for p in _caption_phrases() for w, _ in pre.pre_tokenize_str(norm.normalize_str(p))}))
+
+
 def build_tokenizer(max_length: int = 48):
-    "A word-level `PreTrainedTokenizerFast` covering every StoryWorld caption in English and Chinese."
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    "A word-level `PreTrainedTokenizerFast` over the `vocabulary`: every StoryWorld caption in English and Chinese."
+    from tokenizers import Tokenizer, models, processors
     from transformers import PreTrainedTokenizerFast
 
-    pre = pre_tokenizers.BertPreTokenizer()
-    norm = normalizers.BertNormalizer(handle_chinese_chars=True, strip_accents=False, lowercase=True)
-    words = sorted({w for p in _caption_phrases() for w, _ in pre.pre_tokenize_str(norm.normalize_str(p))})
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + tuple(words))}
+    vocab = {tok: i for i, tok in enumerate(vocabulary())}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer, tok.pre_tokenizer = norm, pre
+    tok.normalizer, tok.pre_tokenizer = _text_steps()
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
+
 
 # %% ../nbs/00_storyworld.ipynb #df7ea5e0
 def _conv_stage(c_in: int, c_out: int) -> nn.Sequential:
@@ -500,29 +513,46 @@ def evaluate_judge(judge: AttributeJudge, split: str = "test", n: int | None = N
     return judge_accuracy(torch.cat(preds), torch.cat(labels))
 
 # %% ../nbs/00_storyworld.ipynb #1b05f153
-def judge_config(profile: Profile) -> dict:
-    "The judge's training config; the same in both profiles (it is the book's yardstick)."
-    return {"steps": 4000, "batch_size": 128, "lr": 2e-3, "weight_decay": 1e-4, "warmup": 200, "width": 32,
-            "image_size": 32, "eval_size": 2000, "num_workers": 1, "seed": 0}
+@dataclass(frozen=True, kw_only=True)
+class Data:
+    "What a recipe learns from: StoryWorld pictures of `image_size` pixels, captioned in `lang` (`both`: either, at random)."
+    image_size: int = 32
+    lang: Literal["en", "zh", "both"] = "en"
 
 
-def build_judge(config: dict) -> AttributeJudge:
-    "An untrained judge of the configured width and input size."
-    return AttributeJudge(**config_fields(config, "width", "image_size"))
+@dataclass(frozen=True, kw_only=True)
+class JudgeModel:
+    "The judge's architecture: the width of its first convolutions (it reads pictures of the data's size)."
+    width: int = 32
 
 
-def train_judge(judge: AttributeJudge, config: dict, progress: bool = True) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class JudgeConfig(RecipeConfig):
+    "The judge's config, the same at every size: it is the book's yardstick."
+    model: JudgeModel = JudgeModel()
+    data: Data = Data()
+    train: Train = Train(steps=4000, batch_size=128, lr=2e-3, weight_decay=1e-4, warmup=200)
+    eval: Eval = Eval(eval_size=2000)
+
+
+def build_judge(config: JudgeConfig) -> AttributeJudge:
+    "An untrained judge of the configured width, for pictures of the data's size."
+    return AttributeJudge(config.model.width, config.data.image_size)
+
+
+def train_judge(judge: AttributeJudge, config: JudgeConfig, progress: bool = True) -> dict:
     "Train `judge` as `config` says; return its held-out accuracy per attribute."
-    loader = storyworld_loader("train", batch_size=config["batch_size"], seed=config["seed"],
-                               image_size=config["image_size"], num_workers=config["num_workers"],
-                               drawn=draws_up_front(config["steps"], config["batch_size"]))
-    fit(judge.to(get_device()), judge_loss, loader, config["steps"], lr=config["lr"],
-        weight_decay=config["weight_decay"], warmup=config["warmup"], progress=progress, desc="judge")
-    return evaluate_judge(judge, "test", n=config["eval_size"], image_size=config["image_size"])
+    train = config.train
+    loader = storyworld_loader("train", batch_size=train.batch_size, seed=train.seed, image_size=config.data.image_size,
+                               num_workers=config.runtime.num_workers, drawn=draws_up_front(train.steps, train.batch_size))
+    fit(judge.to(get_device()), judge_loss, loader, train.steps, lr=train.lr, weight_decay=train.weight_decay,
+        warmup=train.warmup, progress=progress, desc="judge")
+    return evaluate_judge(judge, "test", n=config.eval.eval_size, image_size=config.data.image_size)
 
 
-judge_recipe = Recipe("judge", build_judge, train_judge, judge_config, ship_steps=4000,
+judge_recipe = Recipe("judge", {"S": JudgeConfig(), "M": JudgeConfig()}, build_judge, train_judge, ship_steps=4000,
                       description="StoryWorld attribute judge (CNN), the book's quality metric")
+
 
 # %% ../nbs/00_storyworld.ipynb #8da06fc0
 @torch.no_grad()

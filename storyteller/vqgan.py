@@ -3,22 +3,24 @@
 # %% ../nbs/03_vqgan.ipynb #90724e58
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (History, Profile, Recipe, StorytellerError, check_choice, config_fields,
-                              default_mixed_precision, fit, load_shipped)
-from .storyworld import draws_up_front, storyworld_loader
-from .vqvae import VQVAE, VQVAE_FIELDS, evaluate_vqvae, vqvae_config
+from .core import (Eval, History, Recipe, RecipeConfig, StorytellerError, Train, check_choice,
+                              default_mixed_precision, fit)
+from .storyworld import AttributeJudge, Data, draws_up_front, storyworld_loader
+from .vqvae import VQVAE, VQVAE_CONFIGS, VQVAEConfig, VQVAEModel, evaluate_vqvae
 
 # %% auto #0
-__all__ = ['D_LOSSES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'PERCEPTUAL_LOSSES', 'vqgan_recipe', 'PatchDiscriminator', 'hinge_d_loss',
-           'vanilla_d_loss', 'generator_loss', 'adaptive_weight', 'PerceptualLoss', 'vgg16_perceptual',
-           'miniclip_perceptual', 'build_perceptual', 'VQGAN', 'vqgan_generator_loss', 'vqgan_discriminator_loss',
-           'fit_vqgan', 'vqgan_config', 'build_vqgan', 'train_vqgan']
+__all__ = ['D_LOSSES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'PERCEPTUAL_LOSSES', 'VQGAN_CONFIGS', 'vqgan_recipe',
+           'PatchDiscriminator', 'hinge_d_loss', 'vanilla_d_loss', 'generator_loss', 'adaptive_weight',
+           'PerceptualLoss', 'vgg16_perceptual', 'miniclip_perceptual', 'build_perceptual', 'VQGAN',
+           'vqgan_generator_loss', 'vqgan_discriminator_loss', 'fit_vqgan', 'VQGANModel', 'VQGANTrain', 'VQGANConfig',
+           'with_critic', 'build_vqgan', 'train_vqgan']
 
 # %% ../nbs/03_vqgan.ipynb #fca8cdb1
 def _init_patchgan(module: nn.Module) -> None:
@@ -132,9 +134,8 @@ def vgg16_perceptual() -> PerceptualLoss:
                           IMAGENET_MEAN, IMAGENET_STD)
 
 
-def miniclip_perceptual(model: nn.Module | None = None) -> PerceptualLoss:
-    "The end of each stage (before pooling) of a mini-CLIP's image encoder, by default the shipped one: the offline stand-in for VGG16."
-    model = model if model is not None else load_shipped("miniclip")[0]
+def miniclip_perceptual(model: nn.Module) -> PerceptualLoss:
+    "The end of each stage (before pooling) of a mini-CLIP's image encoder: the offline stand-in for VGG16."
     net = model.image_encoder.net
     taps = [i - 1 for i, layer in enumerate(net) if isinstance(layer, nn.AvgPool2d)]
     return PerceptualLoss(net, taps, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # the encoder's own input scaling
@@ -143,10 +144,10 @@ def miniclip_perceptual(model: nn.Module | None = None) -> PerceptualLoss:
 PERCEPTUAL_LOSSES = ("miniclip", "vgg16")
 
 
-def build_perceptual(name: str) -> PerceptualLoss:
-    "The perceptual loss a config names: `miniclip` (offline) or `vgg16` (ImageNet weights, needs them downloadable)."
+def build_perceptual(name: str, miniclip: nn.Module) -> PerceptualLoss:
+    "The perceptual loss a config names: `miniclip` (the given mini-CLIP's features, offline) or `vgg16` (ImageNet weights, downloaded)."
     check_choice("perceptual loss", name, PERCEPTUAL_LOSSES)
-    return miniclip_perceptual() if name == "miniclip" else vgg16_perceptual()
+    return miniclip_perceptual(miniclip) if name == "miniclip" else vgg16_perceptual()
 
 # %% ../nbs/03_vqgan.ipynb #41aaf075
 class VQGAN(VQVAE):
@@ -224,36 +225,66 @@ def fit_vqgan(model: VQGAN, perceptual: PerceptualLoss, data, steps: int, *, lr:
 
 
 # %% ../nbs/03_vqgan.ipynb #14d29ad3
-def vqgan_config(profile: Profile) -> dict:
-    "The `vqvae` config plus the critic (switched on halfway), the perceptual loss and taming's loss weights."
-    config = vqvae_config(profile)
-    return {**config, "disc_start": config["steps"] // 2, "disc_weight": 0.8, "perceptual_weight": 1.0,
-            "codebook_weight": 1.0, "gan_loss": "hinge", "max_d_weight": 1e4, "d_lr": 2e-4,
-            "disc_ch": 32, "disc_layers": 2, "perceptual": "miniclip"}
+@dataclass(frozen=True, kw_only=True)
+class VQGANModel(VQVAEModel):
+    "The VQ-VAE's architecture and quantizer, and the PatchGAN critic's width and depth."
+    disc_ch: int = 32
+    disc_layers: int = 2
 
 
-def build_vqgan(config: dict) -> VQGAN:
+@dataclass(frozen=True, kw_only=True)
+class VQGANTrain(Train):
+    "The VQ-VAE's training, the critic switched on at `disc_start` with its own learning rate, and taming's loss weights."
+    disc_start: int
+    disc_weight: float = 0.8
+    perceptual_weight: float = 1.0
+    codebook_weight: float = 1.0
+    gan_loss: Literal["hinge", "vanilla"] = "hinge"  # a key of D_LOSSES
+    max_d_weight: float = 1e4
+    d_lr: float = 2e-4
+    perceptual: Literal["miniclip", "vgg16"] = "miniclip"  # one of PERCEPTUAL_LOSSES
+
+
+@dataclass(frozen=True, kw_only=True)
+class VQGANConfig(RecipeConfig):
+    model: VQGANModel
+    data: Data
+    train: VQGANTrain
+    eval: Eval = Eval()
+
+
+def with_critic(vqvae: VQVAEConfig) -> VQGANConfig:
+    "The VQ-VAE config `vqvae` with the critic (switched on halfway), the perceptual loss and taming's loss weights."
+    return VQGANConfig(model=VQGANModel(**asdict(vqvae.model)), data=vqvae.data, eval=vqvae.eval, runtime=vqvae.runtime,
+                       train=VQGANTrain(**asdict(vqvae.train), disc_start=vqvae.train.steps // 2))
+
+
+VQGAN_CONFIGS = {size: with_critic(config) for size, config in VQVAE_CONFIGS.items()}
+
+
+def build_vqgan(config: VQGANConfig) -> VQGAN:
     "An untrained `VQGAN` sized by `config`."
-    return VQGAN(ch_mult=tuple(config["ch_mult"]), **config_fields(config, *VQVAE_FIELDS, "disc_ch", "disc_layers"))
+    return VQGAN(**asdict(config.model))
 
 
-def train_vqgan(model: VQGAN, config: dict, progress: bool = True) -> dict:
-    "Train `model` as `config` says; return `evaluate_vqvae`'s test metrics and the adaptive weight's course."
-    loader = storyworld_loader("train", batch_size=config["batch_size"], seed=config["seed"],
-                               image_size=config["image_size"], num_workers=config["num_workers"],
-                               drawn=draws_up_front(config["steps"], config["batch_size"]))
-    history = fit_vqgan(model, build_perceptual(config["perceptual"]), loader, config["steps"], lr=config["lr"],
-                        d_lr=config["d_lr"], warmup=config["warmup"], disc_start=config["disc_start"],
-                        progress=progress, perceptual_weight=config["perceptual_weight"],
-                        disc_weight=config["disc_weight"], codebook_weight=config["codebook_weight"],
-                        gan_loss=config["gan_loss"], max_d_weight=config["max_d_weight"])
-    d_weight = history.logs["d_weight"][config["disc_start"]:]
-    metrics = evaluate_vqvae(model, config["eval_size"], config["image_size"])
+def train_vqgan(model: VQGAN, config: VQGANConfig, progress: bool = True, *, judge: AttributeJudge,
+                miniclip: nn.Module) -> dict:
+    """Train `model` as `config` says (the perceptual loss on the shipped `miniclip`'s features unless it names VGG16);
+    return `evaluate_vqvae`'s test metrics (with the `judge`) and the adaptive weight's course."""
+    train, size = config.train, config.data.image_size
+    loader = storyworld_loader("train", batch_size=train.batch_size, seed=train.seed, image_size=size,
+                               num_workers=config.runtime.num_workers, drawn=draws_up_front(train.steps, train.batch_size))
+    history = fit_vqgan(model, build_perceptual(train.perceptual, miniclip), loader, train.steps, lr=train.lr,
+                        d_lr=train.d_lr, warmup=train.warmup, disc_start=train.disc_start, progress=progress,
+                        perceptual_weight=train.perceptual_weight, disc_weight=train.disc_weight,
+                        codebook_weight=train.codebook_weight, gan_loss=train.gan_loss, max_d_weight=train.max_d_weight)
+    d_weight = history.logs["d_weight"][train.disc_start:]
+    metrics = evaluate_vqvae(model, config.eval.eval_size, size, judge=judge)
     if d_weight:
         metrics.update({"d_weight at switch": d_weight[0], "d_weight mean of last 100": sum(d_weight[-100:]) / len(d_weight[-100:])})
     return metrics
 
 
-vqgan_recipe = Recipe("vqgan", build_vqgan, train_vqgan, vqgan_config, ship_steps=3000,
-                      description="VQGAN on StoryWorld: the vqvae setup + PatchGAN critic + perceptual loss",
-                      choices={"gan_loss": tuple(D_LOSSES), "perceptual": PERCEPTUAL_LOSSES})
+vqgan_recipe = Recipe("vqgan", VQGAN_CONFIGS, build_vqgan, train_vqgan, ship_steps=3000, tools=("judge", "miniclip"),
+                      description="VQGAN on StoryWorld: the vqvae setup + PatchGAN critic + perceptual loss")
+

@@ -4,21 +4,21 @@
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Profile, Recipe, check_choice, config_fields, fit, get_device, load_shipped
-from .storyworld import AttributeJudge, attribute_accuracy, draws_up_front, load_split, storyworld_fid, storyworld_loader
+from .core import RUNTIMES, Eval, Recipe, RecipeConfig, Train, check_choice, fit, get_device
+from .storyworld import (AttributeJudge, Data, attribute_accuracy, draws_up_front, load_split, storyworld_fid,
+                                    storyworld_loader)
 
 # %% auto #0
-__all__ = ['VQVAE_FIELDS', 'vqvae_recipe', 'Quantized', 'nearest_code', 'kmeans', 'code_perplexity', 'VectorQuantizer',
+__all__ = ['VQVAE_CONFIGS', 'vqvae_recipe', 'Quantized', 'nearest_code', 'kmeans', 'code_perplexity', 'VectorQuantizer',
            'group_norm', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder', 'Decoder', 'VQVAE', 'psnr',
            'image_gradient', 'gradient_energy', 'edge_sharpness', 'vqvae_loss', 'reconstruct', 'codebook_stats',
-           'evaluate_vqvae', 'vqvae_config', 'build_vqvae', 'train_vqvae']
+           'evaluate_vqvae', 'VQVAEModel', 'VQVAEConfig', 'build_vqvae', 'train_vqvae']
 
 # %% ../nbs/02_vqvae.ipynb #7073ca61
 @dataclass
@@ -319,13 +319,11 @@ def codebook_stats(indices: torch.Tensor, num_codes: int) -> dict[str, float]:
     return {"usage": (counts > 0).float().mean().item(), "perplexity": code_perplexity(counts).item()}
 
 
-def evaluate_vqvae(model: VQVAE, n: int = 1000, image_size: int = 32,
-                   judge: AttributeJudge | None = None) -> dict[str, float]:
+def evaluate_vqvae(model: VQVAE, n: int = 1000, image_size: int = 32, *, judge: AttributeJudge) -> dict[str, float]:
     """PSNR, edge sharpness, gradient energy, codebook usage and perplexity on `n` test images; the judge's accuracy
     on the reconstructions and their StoryWorld FID against `n` real validation images."""
     test = load_split("test", n, "en", image_size=image_size)
     recon, indices = reconstruct(model, test["image"])
-    judge = judge if judge is not None else load_shipped("judge")[0]
     return {"psnr": psnr(recon, test["image"]).mean().item(),
             "edge sharpness": edge_sharpness(recon, test["image"]).mean().item(),
             "gradient energy": gradient_energy(recon, test["image"]).mean().item(),
@@ -333,35 +331,53 @@ def evaluate_vqvae(model: VQVAE, n: int = 1000, image_size: int = 32,
             "judge accuracy": attribute_accuracy(judge, recon, test["scene"]), "fid": storyworld_fid(judge, recon)}
 
 # %% ../nbs/02_vqvae.ipynb #0ebae7be
-def vqvae_config(profile: Profile) -> dict:
-    "The VQ-VAE's config: 512 codes on an 8×8 token grid at the profile's image size, EMA + k-means + restart."
-    gpu = profile.name == "gpu"
-    halvings = int(math.log2(profile.image_size // 8))
-    return {"steps": 6000 if gpu else 3000, "batch_size": 64 if gpu else 32, "lr": 1e-3, "warmup": 100,
-            "ch": 32, "ch_mult": [1] + [2] * halvings, "num_res_blocks": 1, "z_dim": 64,
-            "num_codes": 512, "code_dim": 32, "beta": 0.25, "ema": True, "decay": 0.99, "kmeans_init": True,
-            "dead_code_threshold": 1.0, "image_size": profile.image_size, "eval_size": 1000,
-            "num_workers": min(4, os.cpu_count() or 1) if gpu else 1, "seed": 0}
+@dataclass(frozen=True, kw_only=True)
+class VQVAEModel:
+    "The VQ-VAE's architecture and quantizer: each field is an argument of `VQVAE` (and of its quantizer)."
+    ch: int = 32
+    ch_mult: tuple[int, ...] = (1, 2, 2)  # one halving per step after the first: 32×32 pictures to an 8×8 grid
+    num_res_blocks: int = 1
+    z_dim: int = 64
+    num_codes: int = 512
+    code_dim: int = 32
+    beta: float = 0.25
+    ema: bool = True
+    decay: float = 0.99
+    kmeans_init: bool = True
+    dead_code_threshold: float = 1.0
 
 
-VQVAE_FIELDS = ("ch", "num_res_blocks", "z_dim", "num_codes", "code_dim",  # the config fields named after
-                "beta", "ema", "decay", "kmeans_init", "dead_code_threshold")  # VQVAE's (and its quantizer's) arguments
+@dataclass(frozen=True, kw_only=True)
+class VQVAEConfig(RecipeConfig):
+    model: VQVAEModel
+    data: Data
+    train: Train
+    eval: Eval = Eval()
 
 
-def build_vqvae(config: dict) -> VQVAE:
+VQVAE_CONFIGS = {  # 512 codes on an 8×8 token grid at either size: one more halving for 64×64 pictures
+    "S": VQVAEConfig(model=VQVAEModel(), data=Data(image_size=32), train=Train(steps=3000, batch_size=32, lr=1e-3, warmup=100)),
+    "M": VQVAEConfig(model=VQVAEModel(ch_mult=(1, 2, 2, 2)), data=Data(image_size=64),
+                     train=Train(steps=6000, batch_size=64, lr=1e-3, warmup=100),
+                     runtime=RUNTIMES["M"]),
+}
+
+
+def build_vqvae(config: VQVAEConfig) -> VQVAE:
     "An untrained `VQVAE` sized by `config`."
-    return VQVAE(ch_mult=tuple(config["ch_mult"]), **config_fields(config, *VQVAE_FIELDS))
+    return VQVAE(**asdict(config.model))
 
 
-def train_vqvae(model: VQVAE, config: dict, progress: bool = True) -> dict:
-    "Train `model` on StoryWorld as `config` says; return its test metrics (`evaluate_vqvae`)."
-    loader = storyworld_loader("train", batch_size=config["batch_size"], seed=config["seed"],
-                               image_size=config["image_size"], num_workers=config["num_workers"],
-                               drawn=draws_up_front(config["steps"], config["batch_size"]))
-    fit(model.to(get_device()), vqvae_loss, loader, config["steps"], lr=config["lr"], warmup=config["warmup"],
+def train_vqvae(model: VQVAE, config: VQVAEConfig, progress: bool = True, *, judge: AttributeJudge) -> dict:
+    "Train `model` on StoryWorld as `config` says; return its test metrics (`evaluate_vqvae`, with the `judge`)."
+    train, size = config.train, config.data.image_size
+    loader = storyworld_loader("train", batch_size=train.batch_size, seed=train.seed, image_size=size,
+                               num_workers=config.runtime.num_workers, drawn=draws_up_front(train.steps, train.batch_size))
+    fit(model.to(get_device()), vqvae_loss, loader, train.steps, lr=train.lr, warmup=train.warmup,
         progress=progress, desc="VQ-VAE")
-    return evaluate_vqvae(model, config["eval_size"], config["image_size"])
+    return evaluate_vqvae(model, config.eval.eval_size, size, judge=judge)
 
 
-vqvae_recipe = Recipe("vqvae", build_vqvae, train_vqvae, vqvae_config, ship_steps=3000,
+vqvae_recipe = Recipe("vqvae", VQVAE_CONFIGS, build_vqvae, train_vqvae, ship_steps=3000, tools=("judge",),
                       description="VQ-VAE on StoryWorld: 8×8 tokens, 512 codes, EMA + k-means + restart")
+

@@ -28,7 +28,7 @@ def test_bad_requests_are_clear_errors():
     assert result.returncode == 2 and "no recipe named 'unicorn'; known recipes: dit, judge, miniclip, unet" in result.stderr
     result = run("train", "judge", "--set", "steps=two")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr  # one line, no traceback
-    assert "recipe 'judge': field 'steps' is 'two'; it must be of type int" in result.stderr
+    assert "recipe 'judge': field 'steps' is 'two'; it must be int" in result.stderr
     for key in ("profile", "out"):  # named like train_model's own arguments: refused, not a TypeError
         result = run("train", "unet", "--set", f"{key}=gpu")
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from storyteller.core import (CheckpointError, fit, load_checkpoint, load_from, load_shipped, read_provenance,
-                              save_checkpoint, train_model)
+from storyteller.core import CheckpointError, fit, load_checkpoint, read_provenance, save_checkpoint
+from storyteller.recipes import load_from, load_shipped, train_model
 
 
 def small():
@@ -49,7 +49,7 @@ def test_corrupt_truncated_and_mismatched_files_name_the_file(tmp_path):
 def test_train_model_records_provenance(tmp_path):
     model, prov = train_model("judge", out=tmp_path / "judge.safetensors", steps=2, eval_size=32, num_workers=0)
     on_disk = json.loads((tmp_path / "judge.json").read_text(encoding="utf-8"))
-    assert on_disk["steps"] == 2 and on_disk["config"]["steps"] == 2
+    assert on_disk["steps"] == 2 and on_disk["config"]["train"]["steps"] == 2
     assert {"wall_time_s", "hardware", "versions", "git_commit", "metrics", "created"} <= set(on_disk)
     assert set(on_disk["metrics"]) >= {"background", "shape", "colour", "size", "position"}
     again, _ = load_from("judge", tmp_path / "judge.safetensors")
@@ -58,12 +58,12 @@ def test_train_model_records_provenance(tmp_path):
 
 
 def test_shipped_checkpoint_with_wrong_config_is_reported(tmp_path, monkeypatch):
-    import storyteller.core as core
+    import storyteller.recipes as recipes
 
     model, prov = train_model("judge", out=tmp_path / "judge.safetensors", steps=1, eval_size=16, num_workers=0)
-    prov["config"]["width"] = 8  # the weights no longer fit the model this config builds
+    prov["config"]["model"]["width"] = 8  # the weights no longer fit the model this config builds
     (tmp_path / "judge.json").write_text(json.dumps(prov), encoding="utf-8")
-    monkeypatch.setattr(core, "SHIPPED_DIR", tmp_path)
+    monkeypatch.setattr(recipes, "SHIPPED_DIR", tmp_path)
     with pytest.raises(CheckpointError, match="judge.safetensors: cannot load into AttributeJudge"):
         load_shipped("judge")
 
@@ -75,14 +75,14 @@ def test_fit_rejects_a_diverging_loss():
 
 
 def test_a_config_that_cannot_build_the_model_names_the_provenance_file(tmp_path, monkeypatch):
-    import storyteller.core as core
+    import storyteller.recipes as recipes
 
     train_model("judge", out=tmp_path / "judge.safetensors", steps=1, eval_size=16, num_workers=0)
     prov = json.loads((tmp_path / "judge.json").read_text(encoding="utf-8"))
-    del prov["config"]["width"]
+    prov["config"]["model"]["width"] = "wide"
     (tmp_path / "judge.json").write_text(json.dumps(prov), encoding="utf-8")
-    monkeypatch.setattr(core, "SHIPPED_DIR", tmp_path)
-    with pytest.raises(CheckpointError, match=r"judge\.json: its config cannot build 'judge'.*width"):
+    monkeypatch.setattr(recipes, "SHIPPED_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match=r"judge\.json: its config cannot build 'judge'.*'width' is 'wide'"):
         load_shipped("judge")
 
 
@@ -120,4 +120,4 @@ def test_storyteller_train_on_two_processes_writes_one_checkpoint(tmp_path):
                   "--set", "num_workers=0", "--out", str(out), processes=2, tmp_path=tmp_path)
     assert done.stdout.count("wrote ") == 1 and len(re.findall(r"judge:\s+0%", done.stderr)) == 1
     model, provenance = load_from("judge", out)
-    assert provenance["steps"] == 2 and provenance["config"]["batch_size"] == 8  # the global batch
+    assert provenance["steps"] == 2 and provenance["config"]["train"]["batch_size"] == 8  # the global batch

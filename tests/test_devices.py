@@ -11,7 +11,9 @@ import torch
 
 from standin import DEVICE, OnDevice, StandInDevice
 from storyteller import lora
-from storyteller.core import fit, get_profile, get_recipe, load_shipped, seed_everything
+from storyteller.core import fit, get_profile, seed_everything
+from storyteller.diffusion import DDIM
+from storyteller.recipes import get_recipe, load_shipped, needed_models
 from storyteller.manager import ModelManager, TaskCoordinator, parse_config
 from storyteller.tiny import save_tiny_clip, tiny_hf_config
 from storyteller.storyworld import render, sample_scene
@@ -29,7 +31,8 @@ def training_device():
     with pytest.MonkeyPatch.context() as patch, StandInDevice():
         patch.setattr(accelerate.Accelerator, "device", property(lambda self: DEVICE))
         for name in ("storyteller.storyworld", "storyteller.foundations", "storyteller.vqvae", "storyteller.vqgan",
-                     "storyteller.diffusion", "storyteller.dit", "storyteller.core", "storyteller.lora"):
+                     "storyteller.diffusion", "storyteller.dit", "storyteller.core", "storyteller.lora",
+                     "storyteller.recipes"):
             module = importlib.import_module(name)
             if hasattr(module, "get_device"):
                 patch.setattr(module, "get_device", lambda prefer=None: DEVICE)
@@ -59,7 +62,7 @@ def test_the_stand_in_device_fails_where_cuda_fails():
 
 
 @pytest.mark.parametrize("recipe", ["unet", "dit"])
-@pytest.mark.parametrize("sampler", [{"sampler": "ddim"}, {"sampler": "ddim", "eta": 1.0}, {"sampler": "ddpm"}])
+@pytest.mark.parametrize("sampler", [{"sampler": "ddim"}, {"sampler": DDIM(eta=1.0)}, {"sampler": "ddpm"}])
 def test_sampling_on_a_device_draws_what_the_cpu_draws(recipe, sampler):
     model = load_shipped(recipe)[0]
     on_cpu = model.generate(CAPTIONS, steps=4, generator=seeded(), **sampler)
@@ -76,14 +79,14 @@ SMALL = {"steps": 2, "batch_size": 4, "eval_size": 8, "eval_prompts": 4, "eval_s
 @pytest.mark.parametrize("name", ["judge", "miniclip", "vqvae", "vqgan", "unet", "dit"])
 def test_every_recipe_trains_and_evaluates_on_a_device_as_on_the_cpu(name):
     "Two steps of each recipe and its evaluation: on the device, the metrics are the CPU's (same seed, same data)."
-    recipe = get_recipe(name)
-    config = recipe.config(get_profile("cpu"))
-    config.update({k: v for k, v in SMALL.items() if k in config})
+    recipe, profile = get_recipe(name), get_profile("cpu")
+    config = recipe.config(profile).override(**{k: v for k, v in SMALL.items() if k in recipe.config_type.field_names()})
 
     def train() -> tuple[torch.nn.Module, dict]:
+        models, _ = needed_models(recipe, config, profile)  # the shipped models it builds on and the judge, on the device
         seed_everything(0)
         model = recipe.build(config)
-        return model, recipe.train(model, config, progress=False)
+        return model, recipe.train(model, config, progress=False, **models)
 
     _, on_cpu = train()
     with training_device():

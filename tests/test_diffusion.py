@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from storyteller.diffusion import NoiseSchedule, sample, sampling_timesteps
+from storyteller.diffusion import DDIM, DDPM, SAMPLERS, NoiseSchedule, sample, sampling_timesteps
 
 SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 SHAPE = (2, 3, 8, 8)
@@ -50,8 +50,7 @@ def test_ddpm_1000_steps_matches_diffusers(schedule, variance):
     ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule=SCHEDULES[schedule], clip_sample=False,
                         variance_type=variance, timestep_spacing="leading")
     expected = diffusers_trajectory(ref, model, 1000, seed=1)
-    got = sample(model, SHAPE, ours, sampler="ddpm", steps=1000, variance=variance,
-                 generator=torch.Generator().manual_seed(1))
+    got = sample(model, SHAPE, ours, DDPM(variance=variance), steps=1000, generator=torch.Generator().manual_seed(1))
     assert (got - expected).abs().max() <= 1e-5
 
 
@@ -66,7 +65,7 @@ def test_ddim_matches_diffusers(schedule, steps, eta):
     ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule=SCHEDULES[schedule], clip_sample=False,
                         set_alpha_to_one=True, timestep_spacing="leading")
     expected = diffusers_trajectory(ref, model, steps, seed=2, eta=eta)
-    got = sample(model, SHAPE, ours, sampler="ddim", steps=steps, eta=eta, generator=torch.Generator().manual_seed(2))
+    got = sample(model, SHAPE, ours, DDIM(eta=eta), steps=steps, generator=torch.Generator().manual_seed(2))
     assert (got - expected).abs().max() <= 1e-5
 
 
@@ -94,8 +93,7 @@ def test_clipped_x0_matches_diffusers_clip_sample(sampler):
     ref = cls(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True, clip_sample_range=1.0)
     steps = 1000 if sampler == "ddpm" else 50
     expected = diffusers_trajectory(ref, model, steps, seed=5)
-    got = sample(model, SHAPE, ours, sampler=sampler, steps=steps, clip_sample=1.0,
-                 generator=torch.Generator().manual_seed(5))
+    got = sample(model, SHAPE, ours, SAMPLERS[sampler](clip_sample=1.0), steps=steps, generator=torch.Generator().manual_seed(5))
     assert (got - expected).abs().max() <= 1e-5
 
 
@@ -117,7 +115,7 @@ def test_sampling_timesteps_match_diffusers_for_every_step_count(spacing, num_tr
 @pytest.mark.parametrize("call, argument", [
     (lambda s, m: sample(m, SHAPE, s, steps=0), "steps"),
     (lambda s, m: sample(m, SHAPE, s, steps=1001), "steps"),
-    (lambda s, m: sample(m, SHAPE, s, eta=-1.0), "eta"),
+    (lambda s, m: sample(m, SHAPE, s, DDIM(eta=-1.0)), "eta"),
     (lambda s, m: sample(m, SHAPE, s, sampler="heun"), "sampler"),
     (lambda s, m: sample(m, SHAPE, s, prediction_type="score"), "prediction_type"),
     (lambda s, m: NoiseSchedule.named("sigmoid"), "schedule"),

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from storyteller.app import Character, Story, StoryError, StoryScene, load_story, png_ready, save_story, story_record
-from storyteller.core import ConfigError, get_profile, get_recipe, resolve_config
+from storyteller.core import ConfigError, get_profile
+from storyteller.recipes import get_recipe, resolve_config
 from storyteller.manager import OFFLINE_CONFIG, parse_config, read_config
 
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
@@ -182,10 +183,11 @@ def test_arbitrary_config_files(tmp_path, text, suffix):
 @given(data=st.data())
 def test_recipe_overrides(data):
     recipe = get_recipe(data.draw(st.sampled_from(["miniclip", "vqvae", "vqgan", "unet", "dit"])))
-    defaults = recipe.config(get_profile("cpu"))
-    overrides = data.draw(st.dictionaries(st.sampled_from(sorted(defaults)) | st.text(max_size=8), json_values, max_size=3))
+    fields = recipe.config_type.field_names()
+    overrides = data.draw(st.dictionaries(st.sampled_from(fields) | st.text(max_size=8), json_values, max_size=3))
     try:
         config = resolve_config(recipe, get_profile("cpu"), **overrides)
     except ConfigError:
         return
-    assert config.keys() == defaults.keys()
+    assert type(config) is recipe.config_type
+    assert recipe.config_type.from_dict(config.to_dict()) == config  # what it stores reads back

@@ -57,8 +57,8 @@ def run_in(python: Path, code: str) -> subprocess.CompletedProcess:
 def test_the_install_cell_installs_a_wheel_that_works(venv):
     python, wheel = venv
     cell = install_cell("00_storyworld").replace(SOURCE_LINE, f'SOURCE = "{wheel}"')
-    check = ("import storyteller, storyteller.core as core; print(storyteller.__file__)\n"
-             "model, provenance = core.load_shipped('judge'); print(provenance['steps'])\n")
+    check = ("import storyteller, storyteller.recipes as recipes; print(storyteller.__file__)\n"
+             "model, provenance = recipes.load_shipped('judge'); print(provenance['steps'])\n")
     done = run_in(python, cell + "\n" + check)
     assert done.returncode == 0, done.stderr[-3000:]
     installed = Path(done.stdout.splitlines()[0])

@@ -1,7 +1,8 @@
 """The shipped checkpoints load through the real path and are as good as their provenance says."""
 import pytest
 
-from storyteller.core import SHIPPED_DIR, lineage, load_shipped
+from storyteller.core import SHIPPED_DIR
+from storyteller.recipes import config_of, lineage, load_shipped
 from storyteller.foundations import evaluate_miniclip
 from storyteller.storyworld import evaluate_judge
 from storyteller.vqvae import evaluate_vqvae
@@ -20,7 +21,7 @@ def test_shipped_judge_meets_its_threshold():
 
 def test_shipped_miniclip_matches_its_provenance():
     model, provenance = load_shipped("miniclip")
-    scores = evaluate_miniclip(model, n=provenance["config"]["eval_size"])
+    scores = evaluate_miniclip(model, n=config_of(provenance).eval.eval_size)
     for metric, value in scores.items():
         assert value == pytest.approx(provenance["metrics"][metric], abs=0.01), metric
     assert scores["text→image R@5"] > 0.5 and scores["zero-shot mean"] > 0.5, scores
@@ -29,7 +30,8 @@ def test_shipped_miniclip_matches_its_provenance():
 @pytest.mark.parametrize("name", ["vqvae", "vqgan"])
 def test_shipped_vq_models_match_their_provenance(name):
     model, provenance = load_shipped(name)
-    scores = evaluate_vqvae(model, n=provenance["config"]["eval_size"], image_size=provenance["config"]["image_size"])
+    config = config_of(provenance)
+    scores = evaluate_vqvae(model, n=config.eval.eval_size, image_size=config.data.image_size, judge=load_shipped("judge")[0])
     for metric, value in scores.items():
         if metric in provenance["metrics"]:
             assert value == pytest.approx(provenance["metrics"][metric], rel=0.01, abs=0.01), metric
@@ -38,8 +40,10 @@ def test_shipped_vq_models_match_their_provenance(name):
 
 def test_shipped_vqgan_trained_as_long_as_the_vqvae():
     "Chapter 3 compares the two at equal steps on the same data and architecture."
-    vqvae, vqgan = (load_shipped(name)[1]["config"] for name in ("vqvae", "vqgan"))
-    assert all(vqgan[key] == value for key, value in vqvae.items()), "vqgan's config departs from vqvae's"
+    vqvae, vqgan = (config_of(load_shipped(name)[1]) for name in ("vqvae", "vqgan"))
+    for section in ("model", "data", "train", "eval"):
+        shared = vars(getattr(vqvae, section)).items()
+        assert all(getattr(getattr(vqgan, section), k) == v for k, v in shared), f"vqgan's {section} departs from vqvae's"
 
 
 def test_every_shipped_checkpoint_has_provenance():
@@ -55,14 +59,15 @@ def test_shipped_text_to_image_models_draw_their_captions(name):
     from storyteller.diffusion import evaluate_text_to_image
 
     model, provenance = load_shipped(name)
-    assert provenance["steps"] == provenance["config"]["steps"] and provenance["metrics"]["overall"] >= 0.5
-    scores = evaluate_text_to_image(model, 16, steps=20)
+    assert provenance["steps"] == config_of(provenance).train.steps and provenance["metrics"]["overall"] >= 0.5
+    scores = evaluate_text_to_image(model, 16, steps=20, judge=load_shipped("judge")[0])
     assert scores["overall"] >= provenance["metrics"]["overall"] - 0.15, (scores, provenance["metrics"])
 
 
 def test_shipped_text_to_image_models_trained_alike():
     """The shipped U-Net and DiT were trained alike, run for run: steps, batch, schedule, prediction type, text
-    encoder, loss weighting (chapter 5 compares them at equal training compute)."""
+    encoder, loss weighting (chapter 5 compares them at equal training compute). The records are the flat configs of
+    the runs, as they were written."""
     runs = {name: lineage(load_shipped(name)[1]) for name in ("unet", "dit")}
     assert len(runs["unet"]) == len(runs["dit"]) == 2
     shared = ("steps", "batch_size", "schedule", "prediction_type", "cond_drop", "ema_decay", "text", "image_size",

@@ -1,0 +1,53 @@
+"""README's code runs as written: its Python tour in a fresh interpreter, and its command-line blocks in a shell
+(under a step cap, so each training is two steps), offline, with a scratch STORYTELLER_HOME."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+SKIPPED_SECTIONS = {  # blocks these sections hold run elsewhere: CI itself, or on hardware a test machine lacks
+    "Quick start": "CI runs these commands on a clean clone (.ci/run)",
+    "On several GPUs": "needs a machine with two GPUs",
+}
+
+
+def blocks(language: str) -> list[tuple[str, str]]:
+    "README's fenced blocks of `language`, each with the heading of the section it stands in."
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = []
+    for match in FENCE.finditer(text):
+        if match.group(1) == language:
+            headings = re.findall(r"^#+ (.+)$", text[:match.start()], re.MULTILINE)
+            found.append((headings[-1] if headings else "", match.group(2)))
+    return found
+
+
+def run(args: list[str], tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "STORYTELLER_PROFILE": "cpu",
+                   "STORYTELLER_HOME": str(tmp_path / "home"), "MPLBACKEND": "Agg", **env}
+    return subprocess.run(args, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=1200)
+
+
+def test_the_readme_has_a_python_tour_and_command_blocks():
+    assert blocks("python") and blocks("bash")
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_each_python_block_runs_as_written(index, tmp_path):
+    _, code = blocks("python")[index]
+    done = run([sys.executable, "-c", code], tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+@pytest.mark.parametrize("index", range(len(blocks("bash"))))
+def test_each_command_block_runs_as_written(index, tmp_path):
+    section, code = blocks("bash")[index]
+    if section in SKIPPED_SECTIONS:
+        pytest.skip(SKIPPED_SECTIONS[section])
+    done = run(["bash", "-euo", "pipefail", "-c", code], tmp_path, STORYTELLER_STEP_CAP="2")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
