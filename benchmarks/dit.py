@@ -19,9 +19,9 @@ import sys
 
 import torch
 import torch.nn.functional as F
-
-from storyteller.dit import DiT
 from timing import median_seconds
+
+from storyteller.models.dit import DiT
 
 
 def main(argv=None) -> int:

@@ -11,8 +11,8 @@ defaults on 2 CPU cores.
 """
 import argparse
 
+from storyteller.models.diffusion import evaluate_text_to_image
 from storyteller.recipes import load_shipped
-from storyteller.diffusion import evaluate_text_to_image
 
 
 def main(argv=None) -> None:

@@ -17,12 +17,19 @@ import sys
 import tempfile
 
 import torch
+from timing import paired_median_seconds
 from torch import nn
 
-from storyteller.lora import (PEFT_PREFIX, inject_lora, lora_layers, lora_state_dict, merge_lora, storyworld_pairs,
-                              processor_loader)
-from storyteller.tiny import save_tiny_clip
-from timing import paired_median_seconds
+from storyteller.integration.tiny import save_tiny_clip
+from storyteller.models.lora import (
+    PEFT_PREFIX,
+    inject_lora,
+    lora_layers,
+    lora_state_dict,
+    merge_lora,
+    processor_loader,
+    storyworld_pairs,
+)
 
 
 def main(argv=None) -> int:

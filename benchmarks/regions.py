@@ -13,12 +13,21 @@ import argparse
 
 import torch
 
-from storyteller import lora
-from storyteller.app import CharacterIllustrator
+from storyteller.integration.adapters import CharacterIllustrator
+from storyteller.models.characters import (
+    CharacterLook,
+    Region,
+    adapter_weights,
+    duo_scenes,
+    generate_regions,
+    recognised_characters,
+    solo_caption,
+)
 from storyteller.recipes import load_shipped
-from storyteller.storyworld import Actor, Scene, caption
+from storyteller.world.scenes import Actor, Scene
+from storyteller.world.text import caption
 
-PIP, LUNA = lora.CharacterLook("Pip", "star", "orange", "big"), lora.CharacterLook("Luna", "triangle", "pink", "small")
+PIP, LUNA = CharacterLook("Pip", "star", "orange", "big"), CharacterLook("Luna", "triangle", "pink", "small")
 
 
 def unnamed(scene: Scene) -> Scene:
@@ -27,15 +36,15 @@ def unnamed(scene: Scene) -> Scene:
 
 
 METHODS = {  # each picture as a list of regions; one region over the whole picture is ordinary sampling
-    "one caption, looks (baseline)": lambda s: [lora.Region(caption(unnamed(s)), "centre")],
+    "one caption, looks (baseline)": lambda s: [Region(caption(unnamed(s)), "centre")],
     "regions, looks, no adapters (the storyteller)": lambda s: [
-        lora.Region(caption(unnamed(Scene(s.background, (a,)))), a.position) for a in s.actors],
+        Region(caption(unnamed(Scene(s.background, (a,)))), a.position) for a in s.actors],
     "regions, looks, each character's adapter": lambda s: [
-        lora.Region(caption(unnamed(Scene(s.background, (a,)))), a.position, a.name) for a in s.actors],
+        Region(caption(unnamed(Scene(s.background, (a,)))), a.position, a.name) for a in s.actors],
     "regions, names and looks, each character's adapter": lambda s: [
-        lora.Region(caption(Scene(s.background, (a,))), a.position, a.name) for a in s.actors],
+        Region(caption(Scene(s.background, (a,))), a.position, a.name) for a in s.actors],
     "regions, names, each character's adapter": lambda s: [
-        lora.Region(lora.solo_caption(a.name, a.position, s.background), a.position, a.name) for a in s.actors],
+        Region(solo_caption(a.name, a.position, s.background), a.position, a.name) for a in s.actors],
 }
 
 
@@ -49,15 +58,15 @@ def main(argv=None) -> None:
 
     judge = load_shipped("judge")[0]
     artist = CharacterIllustrator()
-    weights = {c.name: lora.adapter_weights(artist.model.denoiser, artist.learn(c, progress=False)) for c in (PIP, LUNA)}
-    scenes = lora.duo_scenes(PIP, LUNA, args.n, seed=args.seed)
+    weights = {c.name: adapter_weights(artist.model.denoiser, artist.learn_character(c, progress=False)) for c in (PIP, LUNA)}
+    scenes = duo_scenes(PIP, LUNA, args.n, seed=args.seed)
     print(f"{args.n} scenes of Pip and Luna (duo seed {args.seed}), DDIM-{args.steps}, guidance {args.guidance:g}")
     print(f"{'method':52s}{'Pip':>7s}{'Luna':>7s}{'both':>7s}{'ratio':>8s}")
     baseline = None
     for label, plan in METHODS.items():
-        images = lora.generate_regions(artist.model, [plan(s) for s in scenes], weights, steps=args.steps,
+        images = generate_regions(artist.model, [plan(s) for s in scenes], weights, steps=args.steps,
                                        guidance_scale=args.guidance, generator=torch.Generator().manual_seed(0))
-        scores = lora.recognised_characters(judge, images, scenes)
+        scores = recognised_characters(judge, images, scenes)
         baseline = baseline or max(scores["together"], 1 / args.n)  # a zero baseline counts as one picture
         print(f"{label:52s}{scores['Pip']:7.1%}{scores['Luna']:7.1%}{scores['together']:7.1%}"
               f"{scores['together'] / baseline:7.1f}x", flush=True)

@@ -17,8 +17,10 @@ import argparse
 import torch
 
 from storyteller.core import to_pil
-from storyteller.manager import OFFLINE_CONFIG, ModelManager, retrieval_speedup
-from storyteller.storyworld import StoryWorldDataset, caption
+from storyteller.integration.config import OFFLINE_CONFIG
+from storyteller.integration.manager import ModelManager, retrieval_speedup
+from storyteller.world.data import StoryWorldDataset
+from storyteller.world.text import caption
 
 
 def main(argv=None) -> int:

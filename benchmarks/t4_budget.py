@@ -27,24 +27,26 @@ precision `fit` picks there) and prints the TFLOP/s each sustains, the figure to
 Colab T4 to replace the assumption. Not part of CI.
 """
 import argparse
+import functools
 import json
 import sys
 import time
 from contextlib import contextmanager
-import functools
 from dataclasses import asdict, dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import storyteller.storyworld as storyworld
+import storyteller.world.data as storyworld_data
 from storyteller.core import PROFILES, RecipeConfig, fit
-from storyteller.diffusion import SAMPLER_SWEEP
-from storyteller.foundations import clip_step_loss, evaluate_miniclip
+from storyteller.models.diffusion import SAMPLER_SWEEP
+from storyteller.models.foundations import clip_step_loss, evaluate_miniclip
+from storyteller.models.vqgan import PerceptualLoss, fit_vqgan, miniclip_perceptual
+from storyteller.models.vqvae import evaluate_vqvae, vqvae_loss
 from storyteller.recipes import get_recipe, load_shipped, resolve_config
-from storyteller.storyworld import StoryWorldDataset, build_tokenizer, evaluate_judge, judge_loss, storyworld_loader
-from storyteller.vqgan import PerceptualLoss, fit_vqgan, miniclip_perceptual
-from storyteller.vqvae import evaluate_vqvae, vqvae_loss
+from storyteller.world.data import StoryWorldDataset, storyworld_loader
+from storyteller.world.judge import evaluate_judge, judge_loss
+from storyteller.world.text import build_tokenizer
 
 GPU = PROFILES["gpu"]
 
@@ -72,17 +74,17 @@ def count_tflop(work) -> float:
 @contextmanager
 def counting_renders():
     "Count the StoryWorld pictures drawn inside the block (the data loader's work on the CPU)."
-    drawn, render = [0], storyworld.render
+    drawn, render = [0], storyworld_data.render
 
     def counted(*args, **kwargs):
         drawn[0] += 1
         return render(*args, **kwargs)
 
-    storyworld.render = counted
+    storyworld_data.render = counted
     try:
         yield drawn
     finally:
-        storyworld.render = render
+        storyworld_data.render = render
 
 
 def tiny_loader(config: RecipeConfig, n: int):
@@ -118,7 +120,7 @@ def vgg16_random() -> PerceptualLoss:
     "VGG16's perceptual layers with random weights: the same FLOPs as the ImageNet weights, nothing downloaded."
     from torchvision.models import vgg16
 
-    from storyteller.vqgan import IMAGENET_MEAN, IMAGENET_STD
+    from storyteller.models.vqgan import IMAGENET_MEAN, IMAGENET_STD
     return PerceptualLoss(vgg16(weights=None).features, (3, 8, 15, 22, 29), IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -209,7 +211,7 @@ def published_parameters() -> dict[str, dict[str, int]]:
     "Parameters of CLIP ViT-B/32's and BLIP-2 OPT-2.7B's parts, from their published configs built on the meta device."
     import transformers
 
-    from storyteller.manager import published_configs
+    from storyteller.integration.memory import published_configs
 
     configs, count = published_configs(), lambda module: sum(p.numel() for p in module.parameters())
     with torch.device("meta"):
@@ -311,7 +313,7 @@ def main(argv=None) -> int:
     if args.calibrate:
         calibrate(args.calibrate_steps, args.count_batch)
         return 0
-    from storyteller.storyworld import SPLIT_SIZES, drawn_pictures
+    from storyteller.world.data import SPLIT_SIZES, drawn_pictures
 
     judge = load_shipped("judge")[0]
     torch.manual_seed(0)

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import torch
-
-from storyteller.vqvae import VectorQuantizer
 from timing import median_seconds
+
+from storyteller.models.vqvae import VectorQuantizer
 
 
 def _rss_kib(field: str) -> int:

@@ -11,9 +11,9 @@ import argparse
 import json
 
 from storyteller.core import fit, seed_everything
+from storyteller.models.diffusion import ema_model, evaluate_text_to_image
 from storyteller.recipes import load_shipped
-from storyteller.diffusion import ema_model, evaluate_text_to_image
-from storyteller.storyworld import storyworld_loader
+from storyteller.world.data import storyworld_loader
 
 
 def continued(name: str, change: str, steps: int, lr: float):

@@ -6,9 +6,9 @@ through and be checked against the same run on the CPU."""
 import threading
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
 
 DEVICE = torch.device("lazy")  # a device torch knows (autograd runs there) but never special-cases
 aten = torch.ops.aten

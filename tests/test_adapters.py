@@ -7,11 +7,21 @@ import random
 import pytest
 import torch
 
-from storyteller.adapters import (BLIP2Adapter, Capability, CLIPAdapter, LLaVAAdapter, QwenVLAdapter,
-                                  UnsupportedCapability, trim_prompts)
-from storyteller.manager import MODEL_TYPES, ModelManager, TaskCoordinator
-from storyteller.tiny import tiny_hf_config
-from storyteller.storyworld import caption, render, sample_scene
+from storyteller.integration.adapters import (
+    BLIP2Adapter,
+    Capability,
+    CLIPAdapter,
+    LLaVAAdapter,
+    QwenVLAdapter,
+    UnsupportedCapability,
+    trim_prompts,
+)
+from storyteller.integration.config import MODEL_TYPES
+from storyteller.integration.coordinator import TaskCoordinator
+from storyteller.integration.manager import ModelManager
+from storyteller.integration.tiny import tiny_hf_config
+from storyteller.world.scenes import render, sample_scene
+from storyteller.world.text import caption
 
 SCENES = [sample_scene(random.Random(i), 1) for i in range(4)]
 IMAGES = [render(s, 32) for s in SCENES]
@@ -122,7 +132,7 @@ def test_coordinator_routes_across_the_families(hf):
 
 def test_a_story_gets_a_storys_length_not_a_captions(hf, monkeypatch):
     "The writer may write `STORY_TOKENS` new tokens, streaming too, where a caption gets 60."
-    from storyteller.manager import STORY_TOKENS
+    from storyteller.integration.adapters import STORY_TOKENS
 
     coordinator = TaskCoordinator(hf)
     writer = hf.get(coordinator.route(Capability.TEXT_GENERATION))

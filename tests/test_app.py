@@ -8,14 +8,16 @@ import re
 import pytest
 import torch
 
-from storyteller import lora
-from storyteller.app import (APP_CONFIG, CharacterIllustrator, Character, Story, StoryError, StorytellerAI, StoryScene,
-                             character_look, load_story, save_story)
-from storyteller.adapters import IllustratorAdapter
-from storyteller.core import to_pil
+from storyteller.app import APP_CONFIG, StorytellerAI
 from storyteller.cli import main
-from storyteller.manager import ModelLoadError, ModelManager, TaskCoordinator
-from storyteller.storyworld import render, sample_scene
+from storyteller.core import to_pil
+from storyteller.integration.adapters import CharacterIllustrator, IllustratorAdapter
+from storyteller.integration.coordinator import TaskCoordinator
+from storyteller.integration.manager import ModelLoadError, ModelManager
+from storyteller.models.characters import CharacterLook, adapter_weights, character_look, generate_regions, solo_caption
+from storyteller.models.lora import ADAPTER_WEIGHTS, load_adapter, lora_disabled, read_adapter_config
+from storyteller.story import Character, Story, StoryError, StoryScene, load_story, save_story
+from storyteller.world.scenes import render, sample_scene
 
 
 @pytest.fixture(scope="module")
@@ -124,17 +126,17 @@ def test_tampered_story_folder(tmp_path, tamper, message):
 def test_character_illustrator_draws_each_prompt_with_its_heros_adapter(tmp_path):
     "A mixed batch equals drawing each prompt alone with its own adapter loaded by hand (or none)."
     artist = CharacterIllustrator()
-    pip, luna = (artist.learn(character_look(n, d), progress=False)
+    pip, luna = (artist.learn_character(character_look(n, d), progress=False)
                  for n, d in (("Pip", "a big orange star"), ("Luna", "a small pink triangle")))
     prompts = ["Luna in the centre of a meadow", "a red circle in a forest", "Pip and Luna at the beach"]
     mixed = artist.generate_image(prompts)
     base = IllustratorAdapter(recipe="unet")  # chapter 7's illustrator: adapters only as loaded here by hand
     for prompt, adapter, image in zip(prompts, [luna, None, pip], mixed):
         if adapter is None:
-            with lora.lora_disabled(base.model.denoiser):
+            with lora_disabled(base.model.denoiser):
                 alone = base.generate_image([prompt])[0]
         else:
-            lora.load_adapter(base.model.denoiser, adapter)
+            load_adapter(base.model.denoiser, adapter)
             alone = base.generate_image([prompt])[0]
         assert alone.tobytes() == image.tobytes(), prompt
 
@@ -143,7 +145,7 @@ def test_two_characters_in_their_places_are_drawn_by_regions():
     """A prompt that places Pip and Luna is drawn by regions, as `generate_regions` draws them: a character whose look
     the prompt gives from its look words by the base model, one named only by its name with its adapter."""
     artist = CharacterIllustrator()
-    folders = {n: artist.learn(character_look(n, d), progress=False)
+    folders = {n: artist.learn_character(character_look(n, d), progress=False)
                for n, d in (("Pip", "a big orange star"), ("Luna", "a small pink triangle"))}
     looks = artist.regions("a meadow with Pip the big orange star on the left, to the left of Luna the small pink triangle on the right")
     assert [(r.adapter, r.position) for r in looks] == [(None, "left"), (None, "right")]
@@ -151,12 +153,12 @@ def test_two_characters_in_their_places_are_drawn_by_regions():
     prompt = "a meadow with Pip on the left, to the left of Luna the small pink triangle on the right"
     regions = artist.regions(prompt)
     assert [(r.adapter, r.position) for r in regions] == [("Pip", "left"), (None, "right")]
-    assert regions[0].caption == lora.solo_caption("Pip", "left", "meadow")
+    assert regions[0].caption == solo_caption("Pip", "left", "meadow")
     assert artist.regions("Pip and Luna at the beach") is None  # no places: drawn with the hero's adapter
     assert artist.regions("Pip on the left and Luna on the left in a meadow") is None
     mixed = artist.generate_image(["Luna in the centre of a meadow", prompt])
-    weights = {n: lora.adapter_weights(artist.model.denoiser, f) for n, f in folders.items()}
-    by_hand = lora.generate_regions(artist.model, [regions], weights, steps=artist.steps,
+    weights = {n: adapter_weights(artist.model.denoiser, f) for n, f in folders.items()}
+    by_hand = generate_regions(artist.model, [regions], weights, steps=artist.steps,
                                     guidance_scale=artist.guidance_scale, generator=torch.Generator().manual_seed(artist.seed))
     assert to_pil(by_hand[0]).tobytes() == mixed[1].tobytes()
 
@@ -164,20 +166,20 @@ def test_two_characters_in_their_places_are_drawn_by_regions():
 def test_a_new_character_is_trained_once_then_cached(monkeypatch):
     "Max has no shipped adapter: `learn` trains one into STORYTELLER_HOME, and the second call only loads it."
     artist = CharacterIllustrator()
-    max_look = lora.CharacterLook("Max", "circle", "blue", "small")
-    folder = artist.learn(max_look, steps=3, progress=False)
+    max_look = CharacterLook("Max", "circle", "blue", "small")
+    folder = artist.learn_character(max_look, steps=3, progress=False)
     assert folder.parent.name == "characters" and folder.name == f"Max-small-blue-circle-3-32pairs-{artist.base}"
     assert re.fullmatch(r"shipped-unet-[0-9a-f]{6}", artist.base)  # names the shipped U-Net it fits
-    assert lora.read_adapter_config(folder)["r"] == 8
-    stamp = (folder / lora.ADAPTER_WEIGHTS).stat().st_mtime_ns
-    monkeypatch.setattr(lora, "teach_character", lambda *a, **k: pytest.fail("trained again"))
-    assert CharacterIllustrator().learn(max_look, steps=3, progress=False) == folder
-    assert (folder / lora.ADAPTER_WEIGHTS).stat().st_mtime_ns == stamp
+    assert read_adapter_config(folder)["r"] == 8
+    stamp = (folder / ADAPTER_WEIGHTS).stat().st_mtime_ns
+    monkeypatch.setattr("storyteller.integration.adapters.teach_character", lambda *a, **k: pytest.fail("trained again"))
+    assert CharacterIllustrator().learn_character(max_look, steps=3, progress=False) == folder
+    assert (folder / ADAPTER_WEIGHTS).stat().st_mtime_ns == stamp
 
 
 def test_a_config_can_name_character_adapters():
     "The `characters` option puts adapters to use by name (a Chinese name maps to its StoryWorld name)."
-    pip = CharacterIllustrator().learn(character_look("Pip", "a big orange star"), progress=False)
+    pip = CharacterIllustrator().learn_character(character_look("Pip", "a big orange star"), progress=False)
     config = {"models": [{"name": "illustrator", "type": "character-illustrator", "options": {"characters": {"皮普": str(pip)}}}]}
     artist = ModelManager.from_config(config).get("illustrator")
     assert artist.adapters == {"Pip": pip} and artist.hero("皮普在草地上") == "Pip"

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from chapters import CHAPTERS
 
 ROOT = Path(__file__).resolve().parents[1]

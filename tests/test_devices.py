@@ -8,15 +8,28 @@ import random
 
 import pytest
 import torch
-
 from standin import DEVICE, OnDevice, StandInDevice
-from storyteller import lora
+
 from storyteller.core import fit, get_profile, seed_everything
-from storyteller.diffusion import DDIM
+from storyteller.integration.config import parse_config
+from storyteller.integration.coordinator import TaskCoordinator
+from storyteller.integration.manager import ModelManager
+from storyteller.integration.tiny import save_tiny_clip, tiny_hf_config
+from storyteller.models.characters import CharacterLook, Region, adapter_weights, generate_regions, teach_character
+from storyteller.models.diffusion import DDIM
+from storyteller.models.lora import (
+    clip_retrieval,
+    hf_loss,
+    inject_lora,
+    merge_lora,
+    processor_loader,
+    save_adapter,
+    storyworld_pairs,
+    training_footprint,
+    unmerge_lora,
+)
 from storyteller.recipes import get_recipe, load_shipped, needed_models
-from storyteller.manager import ModelManager, TaskCoordinator, parse_config
-from storyteller.tiny import save_tiny_clip, tiny_hf_config
-from storyteller.storyworld import render, sample_scene
+from storyteller.world.scenes import render, sample_scene
 
 CAPTIONS = ["a big orange star on the left of a meadow", "Luna the small pink triangle in the centre of the sea"]
 IMAGES = [render(sample_scene(random.Random(i), 1), 32) for i in range(2)]
@@ -30,9 +43,9 @@ def training_device():
 
     with pytest.MonkeyPatch.context() as patch, StandInDevice():
         patch.setattr(accelerate.Accelerator, "device", property(lambda self: DEVICE))
-        for name in ("storyteller.storyworld", "storyteller.foundations", "storyteller.vqvae", "storyteller.vqgan",
-                     "storyteller.diffusion", "storyteller.dit", "storyteller.core", "storyteller.lora",
-                     "storyteller.recipes"):
+        for name in ("storyteller.world.judge", "storyteller.models.foundations", "storyteller.models.vqvae",
+                     "storyteller.models.vqgan", "storyteller.models.diffusion", "storyteller.models.dit",
+                     "storyteller.models.characters", "storyteller.core", "storyteller.recipes"):
             module = importlib.import_module(name)
             if hasattr(module, "get_device"):
                 patch.setattr(module, "get_device", lambda prefer=None: DEVICE)
@@ -99,18 +112,18 @@ def test_every_recipe_trains_and_evaluates_on_a_device_as_on_the_cpu(name):
 
 
 def test_character_adapters_train_swap_and_draw_regions_on_a_device(tmp_path):
-    regions = [[lora.Region(CAPTIONS[0], "left", "Pip"), lora.Region(CAPTIONS[1], "centre")]]
-    draw = lambda model, folder: lora.generate_regions(model, regions, {"Pip": lora.adapter_weights(model.denoiser, folder)},
+    regions = [[Region(CAPTIONS[0], "left", "Pip"), Region(CAPTIONS[1], "centre")]]
+    draw = lambda model, folder: generate_regions(model, regions, {"Pip": adapter_weights(model.denoiser, folder)},
                                                        steps=3, generator=seeded())
     unet = load_shipped("unet")[0]
     with training_device():
-        history = lora.teach_character(unet, lora.CharacterLook("Pip", "star", "orange", "big"), steps=2, batch_size=4,
+        history = teach_character(unet, CharacterLook("Pip", "star", "orange", "big"), steps=2, batch_size=4,
                                        n_examples=4, progress=False)
         assert on(unet) == {DEVICE.type} and len(history.losses) == 2
-        folder = lora.save_adapter(unet.denoiser, tmp_path / "pip")
+        folder = save_adapter(unet.denoiser, tmp_path / "pip")
         drawn = draw(unet, folder)
-        lora.merge_lora(unet.denoiser)
-        lora.unmerge_lora(unet.denoiser)
+        merge_lora(unet.denoiser)
+        unmerge_lora(unet.denoiser)
     on_cpu = draw(load_shipped("unet")[0], folder)  # the adapter it trained, on the CPU
     torch.testing.assert_close(drawn, on_cpu, atol=1e-5, rtol=0)
 
@@ -120,13 +133,13 @@ def test_lora_on_a_hugging_face_clip_trains_on_a_device(tmp_path):
 
     source = save_tiny_clip(tmp_path / "clip")
     clip, processor = CLIPModel.from_pretrained(source), CLIPProcessor.from_pretrained(source)
-    lora.inject_lora(clip, ["q_proj", "v_proj"], r=4, alpha=8)
-    loader = lora.processor_loader(lora.storyworld_pairs("train", 8), processor, 4)
+    inject_lora(clip, ["q_proj", "v_proj"], r=4, alpha=8)
+    loader = processor_loader(storyworld_pairs("train", 8), processor, 4)
     with training_device():
-        fit(clip, lora.hf_loss, loader, 2, progress=False)
+        fit(clip, hf_loss, loader, 2, progress=False)
         batch = {k: v.to(DEVICE) for k, v in next(iter(loader)).items()}
-        assert on(clip) == {DEVICE.type} and set(lora.clip_retrieval(clip, batch))
-        assert lora.training_footprint(clip, lora.hf_loss, batch, steps=1)["gradients MiB"] > 0
+        assert on(clip) == {DEVICE.type} and set(clip_retrieval(clip, batch))
+        assert training_footprint(clip, hf_loss, batch, steps=1)["gradients MiB"] > 0
 
 
 def device_manager(config: dict, device: torch.device) -> ModelManager:
@@ -137,7 +150,7 @@ def device_manager(config: dict, device: torch.device) -> ModelManager:
 
 def every_task(coordinator: TaskCoordinator, name: str) -> list:
     "What model `name` gives for each capability it has, on the same inputs."
-    from storyteller.adapters import Capability
+    from storyteller.integration.adapters import Capability
 
     model, does = coordinator.manager.get(name), coordinator.manager.capabilities(name)
     out = []
@@ -170,7 +183,8 @@ def test_every_hugging_face_capability_runs_on_a_device_as_on_the_cpu(name, tmp_
 
 
 def test_the_storyteller_tells_a_story_on_a_device(tmp_path):
-    from storyteller.app import APP_CONFIG, StorytellerAI, load_story
+    from storyteller.app import APP_CONFIG, StorytellerAI
+    from storyteller.story import load_story
 
     def tell(device: torch.device):
         teller = StorytellerAI(TaskCoordinator(device_manager(APP_CONFIG, device)))
@@ -189,7 +203,7 @@ def test_the_storyteller_tells_a_story_on_a_device(tmp_path):
     on_cpu = tell(torch.device("cpu"))
     with StandInDevice():
         story = tell(DEVICE)
-    from storyteller.app import story_record
+    from storyteller.story import story_record
     assert story_record(story) == story_record(on_cpu)  # every text, name, question and answer, exactly
     pictures = lambda s: [c.image for c in s.characters.values()] + [scene.image for scene in s.scenes]
     for mine, cpu in zip(pictures(story), pictures(on_cpu), strict=True):

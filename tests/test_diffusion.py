@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from storyteller.diffusion import DDIM, DDPM, SAMPLERS, NoiseSchedule, sample, sampling_timesteps
+from storyteller.models.diffusion import DDIM, DDPM, SAMPLERS, NoiseSchedule, sample, sampling_timesteps
 
 SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 SHAPE = (2, 3, 8, 8)
@@ -133,7 +133,7 @@ def test_min_snr_weights_match_diffusers_training_scripts(schedule, prediction_t
     from diffusers import DDPMScheduler
     from diffusers.training_utils import compute_snr
 
-    from storyteller.diffusion import min_snr_weight
+    from storyteller.models.diffusion import min_snr_weight
 
     timesteps = torch.arange(0, 1000, 7)
     reference = DDPMScheduler(num_train_timesteps=1000, beta_schedule=SCHEDULES[schedule])

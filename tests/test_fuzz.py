@@ -5,13 +5,15 @@ import random
 import shutil
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from storyteller.app import Character, Story, StoryError, StoryScene, load_story, png_ready, save_story, story_record
-from storyteller.core import ConfigError, get_profile
+from storyteller.checks import ConfigError
+from storyteller.core import get_profile
+from storyteller.integration.config import OFFLINE_CONFIG, parse_config, read_config
 from storyteller.recipes import get_recipe, resolve_config
-from storyteller.manager import OFFLINE_CONFIG, parse_config, read_config
+from storyteller.story import Character, Story, StoryError, StoryScene, load_story, png_ready, save_story, story_record
 
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

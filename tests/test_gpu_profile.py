@@ -12,9 +12,8 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from nbclient import NotebookClient
-
 from chapters import CHAPTERS
+from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = "0" * 40  # the commit the fake cache says each stand-in was downloaded at
@@ -23,9 +22,15 @@ TIMES: dict[str, float] = {}
 
 def hub_standins(cache: Path) -> None:
     "Tiny models of the real classes under the hub ids the gpu cells name, laid out as the Hugging Face cache does."
-    from storyteller.tiny import save_tiny_blip2, save_tiny_blip2_retrieval, save_tiny_clip, save_tiny_llava, save_tiny_qwen_vl
-    from storyteller.lora import BLIP2_OPT, CLIP_BASE
-    from storyteller.manager import GPU_CONFIG
+    from storyteller.integration.config import GPU_CONFIG
+    from storyteller.integration.tiny import (
+        save_tiny_blip2,
+        save_tiny_blip2_retrieval,
+        save_tiny_clip,
+        save_tiny_llava,
+        save_tiny_qwen_vl,
+    )
+    from storyteller.models.lora import BLIP2_OPT, CLIP_BASE
 
     savers = {CLIP_BASE: save_tiny_clip, BLIP2_OPT: save_tiny_blip2, "Salesforce/blip2-itm-vit-g": save_tiny_blip2_retrieval,
               "llava-hf/llava-1.5-7b-hf": save_tiny_llava, "Qwen/Qwen2-VL-2B-Instruct": lambda d: save_tiny_qwen_vl(d, "2")}

@@ -9,10 +9,19 @@ import torch
 from torch import nn
 from transformers import CLIPModel
 
-from storyteller.lora import (PEFT_PREFIX, CharacterLook, character_loader, find_lora_targets, inject_lora, load_adapter,
-                              lora_layers, lora_state_dict, merge_lora, save_adapter, unmerge_lora)
-from storyteller.tiny import save_tiny_blip2, save_tiny_clip
-
+from storyteller.integration.tiny import save_tiny_blip2, save_tiny_clip
+from storyteller.models.characters import CharacterLook, character_loader
+from storyteller.models.lora import (
+    PEFT_PREFIX,
+    find_lora_targets,
+    inject_lora,
+    load_adapter,
+    lora_layers,
+    lora_state_dict,
+    merge_lora,
+    save_adapter,
+    unmerge_lora,
+)
 
 
 def peft_copy(model: nn.Module, ours: nn.Module, **config) -> nn.Module:

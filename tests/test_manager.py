@@ -8,11 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from storyteller.adapters import Capability, StoryWriterAdapter, UnsupportedCapability
-from storyteller.manager import (OFFLINE_CONFIG, BudgetExceeded, ConfigError, EmbeddingCache, ModelLoadError,
-                                 ModelManager, ModelType, NoCapableModel, TaskCoordinator, parse_config, read_config,
-                                 register_model_type)
-from storyteller.storyworld import caption, render, sample_scene
+from storyteller.checks import ConfigError
+from storyteller.integration.adapters import Capability, StoryWriterAdapter, UnsupportedCapability
+from storyteller.integration.config import OFFLINE_CONFIG, parse_config, read_config, register_model_type
+from storyteller.integration.coordinator import NoCapableModel, TaskCoordinator
+from storyteller.integration.manager import BudgetExceeded, EmbeddingCache, ModelLoadError, ModelManager
+from storyteller.world.scenes import render, sample_scene
+from storyteller.world.text import caption
 
 SCENES = [sample_scene(random.Random(i), 1) for i in range(4)]
 IMAGES = [render(s, 32) for s in SCENES]
@@ -100,8 +102,12 @@ def test_budget_evicts_least_recently_used_but_never_a_pinned_model():
 
 
 def test_registry_cache_and_feedback_persist(tmp_path):
-    register_model_type(ModelType("two-paragraphs", lambda s: StoryWriterAdapter(s.name, paragraphs=2), lambda s: 0,
-                                  lambda s: StoryWriterAdapter.capabilities, StoryWriterAdapter.languages, needs_path=False))
+    class TwoParagraphs(StoryWriterAdapter):
+        type_name = "two-paragraphs"
+
+        def __init__(self, name: str = "writer"):
+            super().__init__(name, paragraphs=2)
+    register_model_type(TwoParagraphs)
     manager = ModelManager.from_config({"models": [*OFFLINE_CONFIG["models"], {"name": "short", "type": "two-paragraphs"}]})
     coordinator = TaskCoordinator(manager, cache=EmbeddingCache(tmp_path / "cache.safetensors"),
                                   feedback_path=tmp_path / "feedback.json")
@@ -149,17 +155,20 @@ def test_streams_release_their_pin_and_raise_errors():
 def test_different_models_load_in_parallel_and_bad_requests_are_named():
     barrier = __import__("threading").Barrier(2, timeout=10)
 
-    def build(spec):
-        barrier.wait()  # both builds must be running at once, or this times out and the load fails
-        return StoryWriterAdapter(spec.name)
-    register_model_type(ModelType("rendezvous", build, lambda s: 0, lambda s: StoryWriterAdapter.capabilities,
-                                  StoryWriterAdapter.languages, needs_path=False))
+    class Rendezvous(StoryWriterAdapter):
+        type_name = "rendezvous"
+
+        @classmethod
+        def from_spec(cls, spec):
+            barrier.wait()  # both builds must be running at once, or this times out and the load fails
+            return cls(spec.name)
+    register_model_type(Rendezvous)
     manager = ModelManager.from_config({"models": [{"name": "a", "type": "rendezvous"}, {"name": "b", "type": "rendezvous"}]})
     with ThreadPoolExecutor(2) as pool:
         models = list(pool.map(manager.get, ["a", "b"]))
     assert [m.name for m in models] == ["a", "b"] and manager.counts()["fail"] == 0
     coordinator = TaskCoordinator(ModelManager.from_config(OFFLINE_CONFIG))
-    from storyteller.manager import Request
+    from storyteller.integration.coordinator import Request
     with pytest.raises(ValueError, match=r"requests\[1\]: a 'caption' request needs field 'image'"):
         coordinator.run_batch([Request("caption", image=IMAGES[0]), Request("caption", text="a star")])
     with pytest.raises(ValueError, match="got 2 images and 1 questions"):

@@ -2,10 +2,10 @@
 import pytest
 
 from storyteller.core import SHIPPED_DIR
+from storyteller.models.foundations import evaluate_miniclip
+from storyteller.models.vqvae import evaluate_vqvae
 from storyteller.recipes import config_of, lineage, load_shipped
-from storyteller.foundations import evaluate_miniclip
-from storyteller.storyworld import evaluate_judge
-from storyteller.vqvae import evaluate_vqvae
+from storyteller.world.judge import evaluate_judge
 
 JUDGE_TARGET = 0.99
 
@@ -56,7 +56,7 @@ def test_every_shipped_checkpoint_has_provenance():
 @pytest.mark.parametrize("name", ["unet", "dit"])
 def test_shipped_text_to_image_models_draw_their_captions(name):
     "Loaded through the real path, each draws held-out captions the judge mostly recognises, as its provenance says."
-    from storyteller.diffusion import evaluate_text_to_image
+    from storyteller.models.diffusion import evaluate_text_to_image
 
     model, provenance = load_shipped(name)
     assert provenance["steps"] == config_of(provenance).train.steps and provenance["metrics"]["overall"] >= 0.5

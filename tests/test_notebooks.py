@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from chapters import CHAPTERS, ROOT
 
 NBDEV_TEST = Path(sys.executable).parent / "nbdev_test"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from storyteller.foundations import CrossModalAttention, contrastive_loss
+from storyteller.models.foundations import CrossModalAttention, contrastive_loss
 
 
 def tiny_clip(tmp_path):
@@ -34,7 +34,7 @@ def test_contrastive_loss_matches_clip_model(tmp_path):
     ours = contrastive_loss(out.image_embeds, out.text_embeds, model.logit_scale)
     torch.testing.assert_close(ours, out.loss, rtol=1e-5, atol=1e-6)
     # and the logits it builds are CLIP's logits_per_image
-    from storyteller.foundations import contrastive_logits
+    from storyteller.models.foundations import contrastive_logits
     torch.testing.assert_close(contrastive_logits(out.image_embeds, out.text_embeds, model.logit_scale),
                                out.logits_per_image, rtol=1e-5, atol=1e-5)
 
@@ -91,7 +91,7 @@ def test_ema_codebook_matches_vector_quantize_pytorch(decay):
     "Same codebook, same batch: the same nearest codes and output, and the same EMA statistics and codebook after the update."
     from vector_quantize_pytorch import VectorQuantize
 
-    from storyteller.vqvae import VectorQuantizer
+    from storyteller.models.vqvae import VectorQuantizer
 
     torch.manual_seed(0)
     ours = VectorQuantizer(64, 8, ema=True, decay=decay).train()
@@ -118,7 +118,7 @@ def test_frechet_distance_matches_pytorch_fid_formula(n, d):
     import numpy as np
     import scipy.linalg
 
-    from storyteller.storyworld import frechet_distance
+    from storyteller.world.judge import frechet_distance
 
     g = torch.Generator().manual_seed(n + d)
     a = torch.randn(n, d, generator=g, dtype=torch.float64)
@@ -131,7 +131,7 @@ def test_frechet_distance_matches_pytorch_fid_formula(n, d):
 
 def test_negclip_loss_without_negatives_is_the_clip_models_loss(tmp_path):
     "NegCLIP adds captions to choose from; with none added it must be exactly CLIP's loss, and negatives only add to it."
-    from storyteller.foundations import negclip_loss
+    from storyteller.models.foundations import negclip_loss
 
     model = tiny_clip(tmp_path)
     ids = torch.randint(4, 16, (5, 7)); ids[:, 0] = 2; ids[:, -1] = 3

@@ -1,7 +1,9 @@
 """README's code runs as written: its Python tour in a fresh interpreter, and its command-line blocks in a shell
-(under a step cap, so each training is two steps), offline, with a scratch STORYTELLER_HOME."""
+(under a step cap, so each training is two steps), offline, with a scratch STORYTELLER_HOME and a scratch copy of the
+package, so that `storyteller train NAME --ship` rewrites the copy's checkpoints, never the repository's."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +30,11 @@ def blocks(language: str) -> list[tuple[str, str]]:
 
 
 def run(args: list[str], tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    "Run `args` in `tmp_path`, where a copy of the package shadows the installed one (the console script's too)."
+    shutil.copytree(ROOT / "storyteller", tmp_path / "package" / "storyteller")
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "STORYTELLER_PROFILE": "cpu",
-                   "STORYTELLER_HOME": str(tmp_path / "home"), "MPLBACKEND": "Agg", **env}
+                   "STORYTELLER_HOME": str(tmp_path / "home"), "MPLBACKEND": "Agg",
+                   "PYTHONPATH": os.pathsep.join([str(tmp_path / "package"), os.environ.get("PYTHONPATH", "")]), **env}
     return subprocess.run(args, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=1200)
 
 
@@ -51,3 +56,11 @@ def test_each_command_block_runs_as_written(index, tmp_path):
         pytest.skip(SKIPPED_SECTIONS[section])
     done = run(["bash", "-euo", "pipefail", "-c", code], tmp_path, STORYTELLER_STEP_CAP="2")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+def test_commands_use_the_scratch_copy_of_the_package(tmp_path):
+    "What makes `--ship` safe to run here: the console script imports the copy, not the repository's package."
+    done = run(["storyteller", "list"], tmp_path)
+    assert done.returncode == 0
+    done = run([sys.executable, "-c", "import storyteller; print(storyteller.__file__)"], tmp_path / "again")
+    assert done.stdout.startswith(str(tmp_path / "again" / "package")), done.stdout

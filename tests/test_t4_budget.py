@@ -6,9 +6,9 @@ weight totals."""
 import pytest
 import transformers
 
-from storyteller.lora import meta_model
-from storyteller.manager import (GPU_CONFIG, MODEL_TYPES, ModelManager, published_configs,
-                                 with_published_configs)
+from storyteller.integration.config import GPU_CONFIG, MODEL_TYPES
+from storyteller.integration.manager import ModelManager
+from storyteller.integration.memory import meta_model, published_configs, with_published_configs
 
 T4 = 15 * 10**9  # the issue's yardstick: a T4's usable memory
 BUDGET = int(0.85 * T4)  # the budget the chapters give the manager; the rest is CUDA's context and fragmentation
