@@ -424,6 +424,7 @@ class Runtime:
 RUNTIMES = {"S": Runtime(), "M": Runtime(num_workers=min(4, os.cpu_count() or 1))}  # a GPU keeps several loaders busy
 
 
+# %% ../nbs/A1_core.ipynb #de30059f
 def _section_fields(kind: type) -> set[str]:
     return {f.name for f in dataclasses.fields(kind)}
 

@@ -61,8 +61,8 @@ def register_recipe(recipe: Recipe) -> Recipe:
 
 # %% auto #0
 __all__ = ['RECIPES', 'UnknownRecipe', 'get_recipe', 'register_recipe', 'capped_config', 'resolve_config', 'config_of',
-           'load_from', 'load_shipped', 'built_on', 'needed_models', 'train_model', 'load_or_train', 'results_model',
-           'lineage', 'total_steps', 'describe_provenance']
+           'load_from', 'load_shipped', 'built_on', 'needed_models', 'train_model', 'lineage', 'total_steps',
+           'describe_provenance', 'load_or_train', 'results_model']
 
 # %% ../nbs/A1b_recipes.ipynb #9c21819f
 def capped_config(config: RecipeConfig) -> RecipeConfig:
@@ -169,27 +169,7 @@ def train_model(name: str, out: str | Path | None = None, profile: Profile | Non
     return model, provenance
 
 
-def load_or_train(name: str, retrain: bool = False, profile: Profile | None = None,
-                  **overrides) -> tuple[nn.Module, dict]:
-    """The reader's own model `name` from `STORYTELLER_HOME` when it is the kind of model asked for (its config's
-    identity: model and data) trained for at least the steps asked; else trained now and saved there."""
-    path = storyteller_home() / f"{name}.safetensors"
-    config = resolve_config(get_recipe(name), profile, **overrides)
-    if path.exists() and not retrain:
-        model, provenance = load_from(name, path)
-        if config_of(provenance).identity() == config.identity() and total_steps(provenance) >= config.train.steps:
-            return model, provenance
-    return train_model(name, out=path, profile=profile, **overrides)
-
-
-def results_model(name: str, profile: Profile | None = None) -> tuple[nn.Module, dict]:
-    """The model a results table evaluates, on this machine's device whether just trained or loaded: shipped in the
-    `cpu` profile, the reader's own in `gpu`."""
-    profile = profile or get_profile()
-    model, provenance = load_or_train(name, profile=profile) if profile.own_results else load_shipped(name)
-    return model.to(get_device()), provenance
-
-
+# %% ../nbs/A1b_recipes.ipynb #38633cb8
 def lineage(provenance: dict) -> list[dict]:
     "The training runs behind a checkpoint, oldest first: the run itself after the runs it was resumed from."
     runs = [provenance]
@@ -210,4 +190,26 @@ def describe_provenance(provenance: dict) -> str:
     minutes = sum(run["wall_time_s"] for run in runs) / 60
     where = run_line(provenance) if len(runs) == 1 else " then ".join(f"{r['steps']:,} at {run_line(r)}" for r in runs)
     return f"`{provenance['name']}`: {total_steps(provenance):,} steps in {minutes:.1f} min on {provenance['hardware']} ({where})"
+
+
+# %% ../nbs/A1b_recipes.ipynb #d0c5f677
+def load_or_train(name: str, retrain: bool = False, profile: Profile | None = None,
+                  **overrides) -> tuple[nn.Module, dict]:
+    """The reader's own model `name` from `STORYTELLER_HOME` when it is the kind of model asked for (its config's
+    identity: model and data) trained for at least the steps asked; else trained now and saved there."""
+    path = storyteller_home() / f"{name}.safetensors"
+    config = resolve_config(get_recipe(name), profile, **overrides)
+    if path.exists() and not retrain:
+        model, provenance = load_from(name, path)
+        if config_of(provenance).identity() == config.identity() and total_steps(provenance) >= config.train.steps:
+            return model, provenance
+    return train_model(name, out=path, profile=profile, **overrides)
+
+
+def results_model(name: str, profile: Profile | None = None) -> tuple[nn.Module, dict]:
+    """The model a results table evaluates, on this machine's device whether just trained or loaded: shipped in the
+    `cpu` profile, the reader's own in `gpu`."""
+    profile = profile or get_profile()
+    model, provenance = load_or_train(name, profile=profile) if profile.own_results else load_shipped(name)
+    return model.to(get_device()), provenance
 

@@ -25,7 +25,7 @@ from .config import MODEL_TYPES, parse_config, read_config
 
 
 # %% auto #0
-__all__ = ['EVENT_STYLE', 'ModelLoadError', 'BudgetExceeded', 'Event', 'ModelManager', 'model_key', 'content_key',
+__all__ = ['EVENT_STYLE', 'ModelLoadError', 'BudgetExceeded', 'UnknownModel', 'Event', 'ModelManager', 'model_key', 'content_key',
            'EmbeddingCache', 'ImageIndex', 'per_image_search', 'retrieval_speedup', 'plot_timeline']
 
 # %% ../../nbs/07d_manager.ipynb #736b0260
@@ -35,6 +35,10 @@ class ModelLoadError(StorytellerError, RuntimeError):
 
 class BudgetExceeded(StorytellerError, MemoryError):
     "A model does not fit in the memory budget even after evicting every model that is not in use."
+
+
+class UnknownModel(StorytellerError, KeyError):
+    "A task named a model the config does not have; the message lists the ones it has."
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class ModelManager:
 
     def spec(self, name: str) -> ModelSpec:
         if name not in self.specs:
-            raise KeyError(f"no model named {name!r}; the config has {', '.join(self.specs) or 'no models'}")
+            raise UnknownModel(f"no model named {name!r}; the config has {', '.join(self.specs) or 'no models'}")
         return self.specs[name]
 
     def capabilities(self, name: str) -> frozenset[Capability]:

@@ -16,9 +16,9 @@ from ..recipes import config_of, get_recipe
 
 
 # %% auto #0
-__all__ = ['DTYPES', 'QUANTIZATIONS', 'QUANTIZED_BYTES', 'parameter_bytes', 'kv_cache_bytes', 'generation_bytes', 'loaded_dtype',
-           'meta_model', 'estimate_hf_bytes', 'hf_generation_bytes', 'estimate_own_bytes', 'gpu_budget',
-           'published_configs', 'with_published_configs']
+__all__ = ['DTYPES', 'QUANTIZATIONS', 'QUANTIZED_BYTES', 'parameter_bytes', 'loaded_dtype', 'meta_model', 'estimate_hf_bytes',
+           'estimate_own_bytes', 'gpu_budget', 'published_configs', 'with_published_configs', 'kv_cache_bytes',
+           'generation_bytes', 'hf_generation_bytes']
 
 # %% ../../nbs/07c_memory.ipynb #e8fd838c
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -56,24 +56,6 @@ def parameter_bytes(model: nn.Module, dtype: torch.dtype | None = None, quantiza
     return int(total)
 
 
-def kv_cache_bytes(text_config, dtype: torch.dtype, sequences: int, tokens: int) -> int:
-    "Bytes of the key-value cache a decoder keeps for `sequences` rows of `tokens` positions: a key and a value per layer."
-    heads = text_config.num_attention_heads
-    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
-    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
-    return 2 * text_config.num_hidden_layers * kv_heads * head_dim * tokens * sequences * dtype.itemsize
-
-
-def generation_bytes(text_config, dtype: torch.dtype, sequences: int, prompt_tokens: int, new_tokens: int) -> int:
-    """Working memory of `generate` on `sequences` prompts of `prompt_tokens` continued by `new_tokens`: the whole
-    key-value cache, the prefill's widest activations (the MLP's hidden layer, twice for a gated one) and the float32
-    logits of the last position."""
-    hidden, ffn = text_config.hidden_size, getattr(text_config, "intermediate_size", None) or text_config.ffn_dim
-    prefill = sequences * prompt_tokens * (2 * ffn + 4 * hidden) * dtype.itemsize
-    logits = 2 * sequences * text_config.vocab_size * 4
-    return kv_cache_bytes(text_config, dtype, sequences, prompt_tokens + new_tokens) + prefill + logits
-
-
 def loaded_dtype(dtype: str | None, quantization: str | None, config) -> torch.dtype:
     "The dtype a Hugging Face model loads in: the entry's, float16 under quantization, else the checkpoint's own."
     dtype = DTYPES.get(dtype) or (torch.float16 if quantization else None)
@@ -98,17 +80,6 @@ def estimate_hf_bytes(path: str | Path, model_class: str, dtype: str | None = No
     config = transformers.AutoConfig.from_pretrained(path)
     model = meta_model(getattr(transformers, model_class), config)
     return parameter_bytes(model, loaded_dtype(dtype, quantization, config), quantization)
-
-
-def hf_generation_bytes(path: str | Path, dtype: str | None, quantization: str | None, sequences: int, new_tokens: int,
-                        prompt_tokens: Callable[[Any], int]) -> int:
-    """`generation_bytes` of the checkpoint at `path` (its config read, nothing loaded) for `sequences` prompts of
-    `prompt_tokens(config)` tokens each, continued by `new_tokens`."""
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(path)
-    return generation_bytes(config.get_text_config(), loaded_dtype(dtype, quantization, config), sequences,
-                            prompt_tokens(config), new_tokens)
 
 
 def estimate_own_bytes(path: str | Path | None, recipe: str) -> int:
@@ -187,3 +158,33 @@ def with_published_configs(config: dict, folder: str | Path) -> dict:
             entry["options"]["retrieval_path"] = local(entry["options"]["retrieval_path"])
         models.append(entry)
     return {**config, "models": models}
+
+# %% ../../nbs/07c_memory.ipynb #4b997c40
+def kv_cache_bytes(text_config, dtype: torch.dtype, sequences: int, tokens: int) -> int:
+    "Bytes of the key-value cache a decoder keeps for `sequences` rows of `tokens` positions: a key and a value per layer."
+    heads = text_config.num_attention_heads
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    return 2 * text_config.num_hidden_layers * kv_heads * head_dim * tokens * sequences * dtype.itemsize
+
+
+def generation_bytes(text_config, dtype: torch.dtype, sequences: int, prompt_tokens: int, new_tokens: int) -> int:
+    """Working memory of `generate` on `sequences` prompts of `prompt_tokens` continued by `new_tokens`: the whole
+    key-value cache, the prefill's widest activations (the MLP's hidden layer, twice for a gated one) and the float32
+    logits of the last position."""
+    hidden, ffn = text_config.hidden_size, getattr(text_config, "intermediate_size", None) or text_config.ffn_dim
+    prefill = sequences * prompt_tokens * (2 * ffn + 4 * hidden) * dtype.itemsize
+    logits = 2 * sequences * text_config.vocab_size * 4
+    return kv_cache_bytes(text_config, dtype, sequences, prompt_tokens + new_tokens) + prefill + logits
+
+
+def hf_generation_bytes(path: str | Path, dtype: str | None, quantization: str | None, sequences: int, new_tokens: int,
+                        prompt_tokens: Callable[[Any], int]) -> int:
+    """`generation_bytes` of the checkpoint at `path` (its config read, nothing loaded) for `sequences` prompts of
+    `prompt_tokens(config)` tokens each, continued by `new_tokens`."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    return generation_bytes(config.get_text_config(), loaded_dtype(dtype, quantization, config), sequences,
+                            prompt_tokens(config), new_tokens)
+

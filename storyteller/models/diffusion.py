@@ -175,6 +175,7 @@ class Sampler:
         return ("spacing", "clip_sample")
 
 
+# %% ../../nbs/04_diffusion.ipynb #36d4b4f2
 class DDPM(Sampler):
     "DDPM's ancestral sampler: the posterior mean given x̂₀, plus noise of the `variance` kind while t > 0."
     name = "ddpm"
@@ -219,6 +220,7 @@ class DDIM(Sampler):
         return x + sigma * noise() if self.eta > 0 else x
 
 
+# %% ../../nbs/04_diffusion.ipynb #d9fc811a
 SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPM, "ddim": DDIM}
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -618,6 +620,7 @@ UNET_CONFIGS = {size: UNetConfig(model=UNET_SIZES[size], data=DIFFUSION_DATA[siz
                                  eval=DiffusionEval(sweep_prompts=64), runtime=RUNTIMES[size]) for size in ("S", "M")}
 
 
+# %% ../../nbs/04_diffusion.ipynb #e9df28dc
 def text_to_image(denoiser: nn.Module, config: TextToImageConfig, codec: nn.Module | None = None,
                   latent_shape: Sequence[int] | None = None) -> TextToImage:
     "A `TextToImage` around `denoiser`, with an untrained text encoder of the config's mini-CLIP architecture."
