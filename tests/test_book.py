@@ -97,9 +97,9 @@ def test_eval_false_cells_are_shown_but_not_run(book):
 
 @pytest.mark.book
 def test_results_tables_render_as_tables(book):
-    for name, row in (("00_storyworld", "background"), ("00_storyworld", "64×64"), ("01_foundations", "text→image R@1"),
+    for name, row in (("00d_judge", "background"), ("00d_judge", "64×64"), ("01_foundations", "text→image R@1"),
                       ("02_vqvae", "codebook usage"), ("02_vqvae", "EMA + k-means + restart"),
                       ("03_vqgan", "edge sharpness"), ("04_diffusion", "ddpm-1000"), ("05_dit", "latent DiT"),
-                      ("06_lora", "all-linear"), ("06_lora", "Pip")):
+                      ("06_lora", "all-linear"), ("06b_characters", "Pip")):
         page = html.unescape((book / "nbs" / f"{name}.html").read_text(encoding="utf-8"))
         assert re.search(rf"<td[^>]*>\s*(<p>)?{re.escape(row)}", page), f"{name}: results table not rendered as a table"
