@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from .integration.adapters import Capability, image_batch
-from .integration.config import GPU_CONFIG, MODEL_TYPES, OFFLINE_CONFIG
+from .integration.config import GPU_CONFIG, OFFLINE_CONFIG, types_with
 from .integration.coordinator import TaskCoordinator
 from .integration.manager import ModelManager
 from .models.characters import character_look
@@ -48,9 +48,9 @@ def character_consistency(story: Story, judge) -> dict[str, float]:
 
 
 # %% ../nbs/08_storyteller.ipynb #6fc7446c
-def _with_illustrator(config: dict, illustrator: dict, drop: tuple[str, ...] = ()) -> dict:
-    "`config` with its illustrator replaced and the models named in `drop` left out."
-    return {"models": [m for m in config["models"] if m["name"] not in ("illustrator", *drop)] + [illustrator]}
+def _with_illustrator(config: dict, illustrator: dict) -> dict:
+    "`config` with its illustrator replaced."
+    return {"models": [m for m in config["models"] if m["name"] != "illustrator"] + [illustrator]}
 
 
 APP_CONFIG = _with_illustrator(OFFLINE_CONFIG, {"name": "illustrator", "type": "character-illustrator"})
@@ -128,9 +128,8 @@ class StorytellerAI:
             raise StoryError(f"no character named {name!r}; the story has {', '.join(self.current.characters) or 'none'}")
         look = character_look(name, self.current.characters[name].description)
         if not self.can_learn_characters():
-            able = [repr(t) for t, kind in MODEL_TYPES.items() if Capability.CHARACTER_LEARNING in kind.capabilities]
-            raise StoryError("the story's illustrator cannot learn characters: give the config a model that can "
-                             f"(type {' or '.join(able)})")
+            able = " or ".join(map(repr, types_with(Capability.CHARACTER_LEARNING)))
+            raise StoryError(f"the story's illustrator cannot learn characters: give the config a model that can (type {able})")
         return self.coordinator.learn_character(look, self.language, steps=steps, progress=progress)
 
     def story_prompt(self, names: list[str] | None = None, extra: str = "") -> str:

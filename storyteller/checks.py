@@ -70,7 +70,7 @@ def check_value(label: str, value: Any, kind: Any) -> Any:
         return tuple(check_value(f"{label}[{i}]", v, args[0]) for i, v in enumerate(value))
     elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    elif isinstance(kind, type) and isinstance(value, origin or kind) and (kind is bool or not isinstance(value, bool)):
+    elif isinstance(origin or kind, type) and isinstance(value, origin or kind) and (kind is bool or not isinstance(value, bool)):
         return value
     raise ConfigError(f"{label} is {value!r}; it must be {_type_name(kind)}")
 

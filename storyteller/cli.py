@@ -151,14 +151,13 @@ def _tell(args: argparse.Namespace) -> str:
 
 def _models(args: argparse.Namespace) -> str:
     "Run `storyteller models`: each model of a config with its type, source, capabilities and languages."
-    from storyteller.integration.config import MODEL_TYPES, read_config
+    from storyteller.integration.manager import ModelManager
 
-    lines = []
-    for spec in read_config(args.config):
-        kind = MODEL_TYPES[spec.type]
-        capabilities = ", ".join(sorted(c.value for c in kind.capabilities_for(spec)))
-        lines.append(f"{spec.name:14s} {spec.type:12s} {spec.path or 'shipped'}\n{'':14s} {capabilities}; "
-                     f"languages {', '.join(sorted(kind.languages))}")
+    lines, manager = [], ModelManager.from_config(args.config)  # nothing loads: the config says it all
+    for name, spec in manager.specs.items():
+        capabilities = ", ".join(sorted(c.value for c in manager.capabilities(name)))
+        lines.append(f"{name:14s} {spec.type:12s} {spec.path or 'shipped'}\n{'':14s} {capabilities}; "
+                     f"languages {', '.join(sorted(manager.languages(name)))}")
     return "\n".join(lines)
 
 

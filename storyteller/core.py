@@ -471,7 +471,9 @@ class RecipeConfig:
     def home(cls, name: str, label: str = "config") -> str:
         "The section that holds the field `name`."
         homes = [section for section, kind in cls.sections().items() if name in _section_fields(kind)]
-        if len(homes) != 1:
+        if len(homes) > 1:
+            raise ConfigError(f"{label}: field {name!r} is in sections {', '.join(homes)}; a config's field names must be unique")
+        if not homes:
             raise ConfigError(f"{label} has no field {name!r}; its fields: {', '.join(cls.field_names())}")
         return homes[0]
 
@@ -487,8 +489,8 @@ class RecipeConfig:
     @classmethod
     def from_flat(cls, flat: dict, label: str = "config") -> RecipeConfig:
         """A config stored by an older version of the library as one flat mapping: each field goes to the section that
-        has it, and a nested model's flat config keeps only its model fields; `profile` is dropped (the hub records it
-        now). Fields it lacks take their section's default, which is what an older config without them meant."""
+        has it, and a nested model's flat config keeps only its model fields; `profile` is dropped (the provenance records
+        it now). Fields it lacks take their section's default, which is what an older config without them meant."""
         sections: dict[str, dict] = {name: {} for name in cls.sections()}
         for name, value in flat.items():
             if name == "profile":
@@ -503,7 +505,9 @@ class RecipeConfig:
     @classmethod
     def read(cls, stored: dict, label: str = "config") -> RecipeConfig:
         "A stored config of either layout: sections (`to_dict`), or the flat mapping of older checkpoints."
-        layered = isinstance(stored, dict) and set(stored) <= set(cls.sections()) and "model" in stored
+        if not isinstance(stored, dict):
+            raise ConfigError(f"{label}: expected a mapping of fields, got {type(stored).__name__}")
+        layered = set(stored) <= set(cls.sections()) and "model" in stored
         return cls.from_dict(stored, label) if layered else cls.from_flat(stored, label)
 
 

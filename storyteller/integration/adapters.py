@@ -53,6 +53,7 @@ from ..world.judge import read_scenes
 from ..world.scenes import Actor, Scene
 from storyteller.world.text import (
                               CAPTION_STYLES,
+                              LANGUAGES,
                               PLACES,
                               SPOTS,
                               answer_about,
@@ -130,6 +131,7 @@ class MultimodalModel:
     type_name: str = ""  # what a config's `type` field calls this model type
     options: dict[str, type] = {}  # the options a config entry may give it, each with its value's type
     needs_path: bool = True  # whether an entry must name a folder or a hub id
+    entry_fields: tuple[str, ...] = ("path", "device", "dtype", "quantization")  # the entry fields it reads
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> MultimodalModel:
@@ -512,7 +514,7 @@ class QwenVLAdapter(ChatVLMAdapter):
     English and Chinese, several images per prompt, resolution bounded by `min_pixels`/`max_pixels` (pixel counts)."""
     type_name = "qwen-vl"
     options = {"min_pixels": int, "max_pixels": int, "batch_size": int}
-    languages = frozenset({"en", "zh"})
+    languages = frozenset(LANGUAGES)
     multi_image = True
     max_pixels = 16384 * 28 * 28  # Qwen2-VL's image processor's default bound: up to 16,384 image tokens
 
@@ -552,7 +554,7 @@ class OwnModelAdapter(MultimodalModel):
     """The shared part of the adapters over the book's own models: the shipped checkpoint of their `recipe` unless a
     config entry names a checkpoint of the reader's, options passed to the constructor, sized from the provenance."""
     recipe: str = ""
-    needs_path = False
+    needs_path, entry_fields = False, ("path", "device")  # float32 on its device, as the book trained it
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> MultimodalModel:
@@ -568,12 +570,12 @@ class MiniCLIPAdapter(OwnModelAdapter):
     "Chapter 1's mini-CLIP: normalised embeddings and cosine matching of StoryWorld pictures and captions (en, zh)."
     type_name = recipe = "miniclip"
     capabilities = frozenset({Capability.IMAGE_EMBEDDING, Capability.TEXT_EMBEDDING, Capability.MATCHING})
-    languages = frozenset({"en", "zh"})
+    languages = frozenset(LANGUAGES)
 
     def __init__(self, model: nn.Module | None = None, checkpoint: str | Path | None = None, name: str = "miniclip",
                  device: str = "cpu"):
         self.name = name
-        model, self.fingerprint = own_model("miniclip", model, checkpoint)
+        model, self.fingerprint = own_model(self.recipe, model, checkpoint)
         self.model = model.to(device)
         self.tokenizer = build_tokenizer()
 
@@ -594,15 +596,16 @@ class IllustratorAdapter(OwnModelAdapter):
     type_name, recipe = "illustrator", "dit"
     options = {"recipe": str, "steps": int, "sampler": str, "guidance_scale": float, "seed": int, "known_words_only": bool}
     capabilities = frozenset({Capability.IMAGE_GENERATION})
-    languages = frozenset({"en", "zh"})
+    languages = frozenset(LANGUAGES)
 
-    def __init__(self, model: nn.Module | None = None, checkpoint: str | Path | None = None, recipe: str = "dit",
+    def __init__(self, model: nn.Module | None = None, checkpoint: str | Path | None = None, recipe: str | None = None,
                  name: str = "illustrator", steps: int = 20, sampler: str = "ddim", guidance_scale: float = 3.0,
                  seed: int = 0, known_words_only: bool = True, device: str = "cpu"):
         self.name, self.steps, self.guidance_scale, self.seed = name, steps, guidance_scale, seed
         self.sampler = check_choice("sampler", sampler, SAMPLERS)
         self.known_words_only = known_words_only
-        model, self.fingerprint = own_model(recipe, model, checkpoint)
+        self.recipe = recipe or type(self).recipe
+        model, self.fingerprint = own_model(self.recipe, model, checkpoint)
         self.model = model.to(device)
 
     def known_words(self, prompt: str) -> str:
@@ -611,9 +614,17 @@ class IllustratorAdapter(OwnModelAdapter):
         ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]  # no warning: only counted here
         return tokenizer.decode([i for i in ids if i != tokenizer.unk_token_id])
 
+    def read_prompt(self, prompt: str) -> str:
+        """What the text encoder reads of `prompt`: its known words (with `known_words_only`), cut to the tokenizer's
+        length, since a story paragraph can be longer than a caption."""
+        tokenizer, kept = self.model.tokenizer, self.known_words(prompt) if self.known_words_only else prompt
+        ids = tokenizer(kept, add_special_tokens=False, verbose=False)["input_ids"]
+        room = tokenizer.model_max_length - tokenizer.num_special_tokens_to_add()
+        return tokenizer.decode(ids[:room]) if len(ids) > room else kept
+
     def generate_image(self, prompts):
         _require_items(prompts, "prompts")
-        prompts = [self.known_words(p) if self.known_words_only else p for p in prompts]
+        prompts = [self.read_prompt(p) for p in prompts]
         images = self.model.generate(prompts, steps=self.steps, sampler=self.sampler, guidance_scale=self.guidance_scale,
                                      generator=torch.Generator().manual_seed(self.seed))
         return [to_pil(im) for im in images]
@@ -628,12 +639,12 @@ class CharacterIllustrator(IllustratorAdapter):
     options = {**IllustratorAdapter.options, "characters": dict}
     capabilities = frozenset({Capability.IMAGE_GENERATION, Capability.CHARACTER_LEARNING})
 
-    def __init__(self, characters: dict[str, str | Path] | None = None, recipe: str = "unet",
-                 checkpoint: str | Path | None = None, **kwargs):
-        super().__init__(recipe=recipe, checkpoint=checkpoint, **kwargs)
-        self.recipe, self.checkpoint = recipe, checkpoint
-        shipped = lambda: read_provenance(SHIPPED_DIR / f"{recipe}.safetensors")["created"]  # a re-shipped model needs new adapters
-        self.base = (f"shipped-{recipe}-{hashlib.sha1(shipped().encode()).hexdigest()[:6]}" if checkpoint is None
+    def __init__(self, characters: dict[str, str | Path] | None = None, checkpoint: str | Path | None = None,
+                 **kwargs):
+        super().__init__(checkpoint=checkpoint, **kwargs)
+        self.checkpoint = checkpoint
+        shipped = lambda: read_provenance(SHIPPED_DIR / f"{self.recipe}.safetensors")["created"]  # a re-shipped model needs new adapters
+        self.base = (f"shipped-{self.recipe}-{hashlib.sha1(shipped().encode()).hexdigest()[:6]}" if checkpoint is None
                      else hashlib.sha1(self.fingerprint.encode()).hexdigest()[:10])
         self.adapters: dict[str, Path] = {}
         for name, folder in (characters or {}).items():
@@ -668,13 +679,6 @@ class CharacterIllustrator(IllustratorAdapter):
             (folder / "provenance.json").write_text(json.dumps(provenance, indent=1))
         self.add_adapter(character.name, folder)
         return folder
-
-    def known_words(self, prompt: str) -> str:
-        "Chapter 7's filter, then cut to what the text encoder reads: a story paragraph can be longer than a caption."
-        tokenizer, kept = self.model.tokenizer, super().known_words(prompt)
-        ids = tokenizer(kept, add_special_tokens=False, verbose=False)["input_ids"]
-        room = tokenizer.model_max_length - tokenizer.num_special_tokens_to_add()
-        return tokenizer.decode(ids[:room]) if len(ids) > room else kept
 
     def hero(self, prompt: str) -> str | None:
         "The first character with an adapter that `prompt` names (as a whole word, or by its Chinese name)."
@@ -735,11 +739,11 @@ class DescriberAdapter(OwnModelAdapter):
     answers to attribute questions are put into words from that scene."""
     type_name, recipe = "describer", "judge"
     capabilities = frozenset({Capability.CAPTIONING, Capability.VQA})
-    languages = frozenset({"en", "zh"})
+    languages = frozenset(LANGUAGES)
 
     def __init__(self, model: nn.Module | None = None, checkpoint: str | Path | None = None, name: str = "describer",
                  device: str = "cpu"):
-        judge, self.fingerprint = own_model("judge", model, checkpoint)
+        judge, self.fingerprint = own_model(self.recipe, model, checkpoint)
         self.name, self.judge = name, judge.to(device)
 
     def scenes(self, images: Sequence[Image.Image]) -> list[Scene]:
@@ -760,9 +764,9 @@ class DescriberAdapter(OwnModelAdapter):
 class StoryWriterAdapter(MultimodalModel):
     """A template story writer (not a language model): a story of `paragraphs` paragraphs about the hero a prompt asks
     for, in the prompt's language (English or Chinese), streamed paragraph by paragraph."""
-    type_name, options, needs_path = "writer", {"paragraphs": int}, False
+    type_name, options, needs_path, entry_fields = "writer", {"paragraphs": int}, False, ()
     capabilities = frozenset({Capability.TEXT_GENERATION, Capability.STREAMING})
-    languages = frozenset({"en", "zh"})
+    languages = frozenset(LANGUAGES)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> MultimodalModel:

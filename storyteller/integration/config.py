@@ -15,6 +15,7 @@ import torch
 from ..checks import ConfigError, check_value
 from storyteller.integration.adapters import (
                                               BLIP2Adapter,
+                                              Capability,
                                               CharacterIllustrator,
                                               CLIPAdapter,
                                               DescriberAdapter,
@@ -30,8 +31,8 @@ from .memory import DTYPES, QUANTIZATIONS
 
 
 # %% auto #0
-__all__ = ['MODEL_TYPES', 'SPEC_FIELDS', 'DEVICE', 'OFFLINE_CONFIG', 'GPU_CONFIG', 'register_model_type', 'check_fields',
-           'check_options', 'parse_spec', 'parse_config', 'read_config', 'on_device']
+__all__ = ['MODEL_TYPES', 'SPEC_FIELDS', 'DEVICE', 'OFFLINE_CONFIG', 'GPU_CONFIG', 'register_model_type', 'types_with',
+           'check_fields', 'check_options', 'parse_spec', 'parse_config', 'read_config', 'on_device']
 
 # %% ../../nbs/07b_config.ipynb #1daa3a2b
 MODEL_TYPES: dict[str, type[MultimodalModel]] = {cls.type_name: cls for cls in (
@@ -46,6 +47,11 @@ def register_model_type(model_type: type[MultimodalModel]) -> type[MultimodalMod
         raise ConfigError(f"{model_type.__name__} has no type_name: name the type a config calls it by")
     MODEL_TYPES[model_type.type_name] = model_type
     return model_type
+
+
+def types_with(capability: Capability) -> list[str]:
+    "The model types whose every model has `capability`: what to tell a reader whose config lacks one."
+    return sorted(name for name, kind in MODEL_TYPES.items() if capability in kind.capabilities)
 
 
 # %% ../../nbs/07b_config.ipynb #ec6ce549
@@ -96,6 +102,10 @@ def parse_spec(entry: Any, index: int) -> ModelSpec:
     kind = MODEL_TYPES.get(entry["type"])
     if kind is None:
         raise ConfigError(f"{label}: field 'type' is {entry['type']!r}; known types: {', '.join(sorted(MODEL_TYPES))}")
+    unread = [key for key in entry if key not in ("name", "type", "options", *kind.entry_fields)]
+    if unread:
+        raise ConfigError(f"{label}: field {unread[0]!r} does not apply to type {kind.type_name!r}; it reads "
+                          f"{', '.join(kind.entry_fields) or 'only its name'} and options")
     if kind.needs_path and not entry.get("path"):
         raise ConfigError(f"{label}: field 'path' is missing; type {kind.type_name!r} loads from a folder or a hub id")
     check_options(label, kind, entry.get("options", {}))

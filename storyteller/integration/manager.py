@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 import torch
 from PIL import Image
 
-from ..checks import StorytellerError
+from ..checks import ConfigError, StorytellerError
 from ..core import atomic_write
 from .adapters import Capability, ModelSpec, MultimodalModel
 from .config import MODEL_TYPES, parse_config, read_config
@@ -57,7 +57,12 @@ class ModelManager:
     in `events`. Loads of different models may run in parallel threads; the same model is loaded once."""
 
     def __init__(self, specs: Sequence[ModelSpec], memory_budget: int | None = None):
+        unknown = [s for s in specs if s.type not in MODEL_TYPES]
+        if unknown:
+            raise ConfigError(f"model {unknown[0].name!r}: type {unknown[0].type!r} is not a model type; known types: "
+                              f"{', '.join(sorted(MODEL_TYPES))}")
         self.specs = {s.name: s for s in specs}
+        self.kinds = {s.name: MODEL_TYPES[s.type] for s in specs}  # as registered when the manager was made
         self.memory_budget = memory_budget
         self.events: list[Event] = []
         self._loaded: OrderedDict[str, tuple[MultimodalModel, int]] = OrderedDict()
@@ -84,18 +89,17 @@ class ModelManager:
 
     def capabilities(self, name: str) -> frozenset[Capability]:
         "What model `name` will be able to do, known from its spec without loading it."
-        spec = self.spec(name)
-        return MODEL_TYPES[spec.type].capabilities_for(spec)
+        return self.kinds[name].capabilities_for(self.spec(name))
 
     def languages(self, name: str) -> frozenset[str]:
-        return MODEL_TYPES[self.spec(name).type].languages
+        "The languages model `name` reads and writes, known from its type without loading it."
+        return self.kinds[self.spec(name).name].languages
 
     def estimate(self, name: str) -> int:
         """Bytes model `name` will take once loaded and at work (a generation's cache), estimated without loading it
         (and remembered)."""
         if name not in self._sizes:
-            spec = self.spec(name)
-            kind = MODEL_TYPES[spec.type]
+            spec, kind = self.spec(name), self.kinds[name]
             self._sizes[name] = kind.estimate_bytes(spec) + kind.working_bytes(spec)
         return self._sizes[name]
 
@@ -157,7 +161,7 @@ class ModelManager:
                     self._make_room(name, nbytes)
                     self._reserved[name] = nbytes
                 try:
-                    model = MODEL_TYPES[spec.type].from_spec(spec)
+                    model = self.kinds[name].from_spec(spec)
                 finally:
                     with self._lock:
                         del self._reserved[name]

@@ -20,7 +20,7 @@ from ..checks import check_choice
 from ..core import RUNTIMES, History, Recipe, RecipeConfig, Train, capped, fit, get_device
 from .foundations import MINICLIP_MODEL, CrossModalAttention, MiniCLIPModel, miniclip_from
 from .vqvae import Downsample, Upsample, group_norm
-from ..world.data import Data, StoryWorldDataset, draws_up_front, storyworld_loader
+from ..world.data import Data, StoryWorldDataset, recipe_loader
 from ..world.judge import AttributeJudge, attributes_found, fact_scores, judge_predictions, storyworld_fid
 from ..world.text import build_tokenizer
 
@@ -643,14 +643,12 @@ def fit_text_to_image(model: TextToImage, config: TextToImageConfig, progress: b
     """Train `model`'s denoiser as `config` says, reading captions with the text encoder of `miniclip`; an EMA of its
     weights becomes the model's weights at the end."""
     model.text_encoder.load_state_dict(miniclip.text_encoder.state_dict())
-    train, data = config.train, config.data
-    loader = storyworld_loader("train", batch_size=train.batch_size, seed=train.seed, image_size=data.image_size,
-                               lang=data.lang, num_workers=config.runtime.num_workers,
-                               drawn=draws_up_front(train.steps, train.batch_size))
+    train = config.train
     model.to(get_device())
     trainable = model.trainable()
     averaged = ema_model(trainable, train.ema_decay)
-    history = fit(model, lambda m, batch: m.loss(batch), loader, train.steps, lr=train.lr, warmup=train.warmup,
+    history = fit(model, lambda m, batch: m.loss(batch), recipe_loader(config), train.steps, lr=train.lr,
+                  weight_decay=train.weight_decay, warmup=train.warmup,
                   progress=progress, desc=type(model.denoiser).__name__,
                   on_step=lambda step, batch: averaged.update_parameters(trainable))
     trainable.load_state_dict(averaged.module.state_dict())

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..checks import StorytellerError
 from ..core import RUNTIMES, Eval, Recipe, RecipeConfig, Train, fit, get_device
-from ..world.data import Data, draws_up_front, load_split, storyworld_loader
+from ..world.data import Data, load_split, recipe_loader
 from ..world.scenes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Actor, Scene, scene_from_labels
 from ..world.text import LANGUAGES, N_TEMPLATES, build_tokenizer, caption, vocabulary
 
@@ -527,11 +527,8 @@ def train_miniclip(model: MiniCLIP, config: MiniCLIPConfig, progress: bool = Tru
         raise StorytellerError("mini-CLIP training runs in one process: the contrastive loss would see only each process's "
                          "share of the batch as negatives; launch it without torchrun or accelerate launch")
     train, data = config.train, config.data
-    loader = storyworld_loader("train", batch_size=train.batch_size, seed=train.seed, lang=data.lang,
-                               image_size=data.image_size, num_workers=config.runtime.num_workers,
-                               drawn=draws_up_front(train.steps, train.batch_size))
     loss_fn = clip_step_loss(build_tokenizer(), train.hard_negatives, train.seed)
-    fit(model.to(get_device()), loss_fn, loader, train.steps, lr=train.lr, weight_decay=train.weight_decay,
+    fit(model.to(get_device()), loss_fn, recipe_loader(config), train.steps, lr=train.lr, weight_decay=train.weight_decay,
         warmup=train.warmup, progress=progress, desc="mini-CLIP")
     return evaluate_miniclip(model, config.eval.eval_size, "en", data.image_size)
 

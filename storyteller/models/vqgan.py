@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ from torch import nn
 from ..checks import StorytellerError, check_choice
 from ..core import Eval, History, Recipe, RecipeConfig, Train, default_mixed_precision, fit
 from .vqvae import VQVAE, VQVAE_CONFIGS, VQVAEConfig, VQVAEModel, evaluate_vqvae
-from ..world.data import Data, draws_up_front, storyworld_loader
+from ..world.data import Data, recipe_loader
 from ..world.judge import AttributeJudge
 
 
@@ -191,8 +191,8 @@ def vqgan_discriminator_loss(model: VQGAN, images: torch.Tensor, reconstructions
     return d_loss(model.discriminator(images).float(), model.discriminator(reconstructions.detach()).float())
 
 # %% ../../nbs/03_vqgan.ipynb #00e98ef2
-def fit_vqgan(model: VQGAN, perceptual: PerceptualLoss, data, steps: int, *, lr: float = 1e-3, d_lr: float = 2e-4,
-              warmup: int = 0, disc_start: int = 0, max_grad_norm: float | None = 1.0, progress: bool = True,
+def fit_vqgan(model: VQGAN, perceptual: PerceptualLoss, data: Iterable, steps: int, *, lr: float = 1e-3,
+              weight_decay: float = 0.0, d_lr: float = 2e-4, warmup: int = 0, disc_start: int = 0, max_grad_norm: float | None = 1.0, progress: bool = True,
               desc: str = "VQGAN", **loss_options) -> History:
     """Train a `VQGAN` for `steps` steps with `fit`: the autoencoder by `fit`'s optimiser, the critic (from `disc_start`
     on) in its step hook; `loss_options` go to `vqgan_generator_loss`."""
@@ -223,7 +223,7 @@ def fit_vqgan(model: VQGAN, perceptual: PerceptualLoss, data, steps: int, *, lr:
         opt_d.step()
         return {"d_loss": d_loss.item()}
 
-    return fit(model, generator_step, data, steps, lr=lr, warmup=warmup, max_grad_norm=max_grad_norm, progress=progress,
+    return fit(model, generator_step, data, steps, lr=lr, weight_decay=weight_decay, warmup=warmup, max_grad_norm=max_grad_norm, progress=progress,
                desc=desc, parameters=model.autoencoder_parameters(), on_step=critic_step)
 
 
@@ -275,10 +275,8 @@ def train_vqgan(model: VQGAN, config: VQGANConfig, progress: bool = True, *, jud
     """Train `model` as `config` says (the perceptual loss on the shipped `miniclip`'s features unless it names VGG16);
     return `evaluate_vqvae`'s test metrics (with the `judge`) and the adaptive weight's course."""
     train, size = config.train, config.data.image_size
-    loader = storyworld_loader("train", batch_size=train.batch_size, seed=train.seed, image_size=size,
-                               num_workers=config.runtime.num_workers, drawn=draws_up_front(train.steps, train.batch_size))
-    history = fit_vqgan(model, build_perceptual(train.perceptual, miniclip), loader, train.steps, lr=train.lr,
-                        d_lr=train.d_lr, warmup=train.warmup, disc_start=train.disc_start, progress=progress,
+    history = fit_vqgan(model, build_perceptual(train.perceptual, miniclip), recipe_loader(config), train.steps,
+                        lr=train.lr, weight_decay=train.weight_decay, d_lr=train.d_lr, warmup=train.warmup, disc_start=train.disc_start, progress=progress,
                         perceptual_weight=train.perceptual_weight, disc_weight=train.disc_weight,
                         codebook_weight=train.codebook_weight, gan_loss=train.gan_loss, max_d_weight=train.max_d_weight)
     d_weight = history.logs["d_weight"][train.disc_start:]

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..checks import check_choice
 from ..core import RUNTIMES, Eval, Recipe, RecipeConfig, Train, fit, get_device
-from ..world.data import Data, draws_up_front, load_split, storyworld_loader
+from ..world.data import Data, load_split, recipe_loader
 from ..world.judge import AttributeJudge, attribute_accuracy, storyworld_fid
 
 
@@ -375,9 +375,8 @@ def build_vqvae(config: VQVAEConfig) -> VQVAE:
 def train_vqvae(model: VQVAE, config: VQVAEConfig, progress: bool = True, *, judge: AttributeJudge) -> dict:
     "Train `model` on StoryWorld as `config` says; return its test metrics (`evaluate_vqvae`, with the `judge`)."
     train, size = config.train, config.data.image_size
-    loader = storyworld_loader("train", batch_size=train.batch_size, seed=train.seed, image_size=size,
-                               num_workers=config.runtime.num_workers, drawn=draws_up_front(train.steps, train.batch_size))
-    fit(model.to(get_device()), vqvae_loss, loader, train.steps, lr=train.lr, warmup=train.warmup,
+    fit(model.to(get_device()), vqvae_loss, recipe_loader(config), train.steps, lr=train.lr,
+        weight_decay=train.weight_decay, warmup=train.warmup,
         progress=progress, desc="VQ-VAE")
     return evaluate_vqvae(model, config.eval.eval_size, size, judge=judge)
 

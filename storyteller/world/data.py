@@ -14,13 +14,14 @@ from typing import Literal
 import torch
 
 from ..checks import check_choice
-from ..core import to_tensor
+from ..core import RecipeConfig, to_tensor
 from .scenes import Scene, render, sample_scene, scene_labels
 from .text import LANGUAGES, N_TEMPLATES, caption
 
 
 # %% auto #0
-__all__ = ['SPLIT_SIZES', 'StoryWorldDataset', 'drawn_pictures', 'draws_up_front', 'storyworld_loader', 'load_split', 'Data']
+__all__ = ['SPLIT_SIZES', 'StoryWorldDataset', 'drawn_pictures', 'draws_up_front', 'storyworld_loader', 'load_split', 'Data',
+           'recipe_loader']
 
 # %% ../../nbs/00c_data.ipynb #8a3367b0
 SPLIT_SIZES = {"train": 50_000, "val": 2_000, "test": 2_000}
@@ -102,4 +103,13 @@ class Data:
     "What a recipe learns from: StoryWorld pictures of `image_size` pixels, captioned in `lang` (`both`: either, at random)."
     image_size: int = 32
     lang: Literal["en", "zh", "both"] = "en"
+
+
+# %% ../../nbs/00c_data.ipynb #d057ae33
+def recipe_loader(config: RecipeConfig) -> torch.utils.data.DataLoader:
+    "The training batches a recipe's `config` asks for: its data section's pictures and captions, in its train section's batches."
+    train, data = config.train, config.data
+    return storyworld_loader("train", batch_size=train.batch_size, seed=train.seed, image_size=data.image_size,
+                             lang=data.lang, num_workers=config.runtime.num_workers,
+                             drawn=draws_up_front(train.steps, train.batch_size))
 

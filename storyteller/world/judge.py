@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import Eval, Recipe, RecipeConfig, Train, fit, get_device
-from .data import Data, StoryWorldDataset, draws_up_front, storyworld_loader
+from .data import Data, StoryWorldDataset, recipe_loader, storyworld_loader
 from storyteller.world.scenes import (
                                       BACKGROUNDS,
                                       COLOURS,
@@ -210,9 +210,7 @@ def build_judge(config: JudgeConfig) -> AttributeJudge:
 def train_judge(judge: AttributeJudge, config: JudgeConfig, progress: bool = True) -> dict:
     "Train `judge` as `config` says; return its held-out accuracy per attribute."
     train = config.train
-    loader = storyworld_loader("train", batch_size=train.batch_size, seed=train.seed, image_size=config.data.image_size,
-                               num_workers=config.runtime.num_workers, drawn=draws_up_front(train.steps, train.batch_size))
-    fit(judge.to(get_device()), judge_loss, loader, train.steps, lr=train.lr, weight_decay=train.weight_decay,
+    fit(judge.to(get_device()), judge_loss, recipe_loader(config), train.steps, lr=train.lr, weight_decay=train.weight_decay,
         warmup=train.warmup, progress=progress, desc="judge")
     return evaluate_judge(judge, "test", n=config.eval.eval_size, image_size=config.data.image_size)
 

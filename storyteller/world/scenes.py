@@ -16,7 +16,7 @@ from ..checks import check_choice
 
 # %% auto #0
 __all__ = ['BACKGROUNDS', 'SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'NAMES', 'RGB', 'PALETTES', 'X_CENTRE', 'RADIUS',
-           'SUPERSAMPLE', 'SLOT_FIELDS', 'LABEL_NAMES', 'LABEL_CLASSES', 'ATTRIBUTES', 'Actor', 'Scene', 'sample_scene',
+           'SUPERSAMPLE', 'SLOT_FIELDS', 'LABEL_NAMES', 'LABEL_CLASSES', 'Actor', 'Scene', 'sample_scene',
            'shape_polygon', 'render', 'scene_labels', 'scene_from_labels', 'relation', 'scene_attributes']
 
 # %% ../../nbs/00_storyworld.ipynb #0fd5f547
@@ -162,7 +162,6 @@ def render(scene: Scene, size: int = 32, seed: int = 0) -> Image.Image:
 SLOT_FIELDS = {"shape": SHAPES, "colour": COLOURS, "size": SIZES}
 LABEL_NAMES = ("background",) + tuple(f"{p}_{f}" for p in POSITIONS for f in SLOT_FIELDS)
 LABEL_CLASSES = (len(BACKGROUNDS),) + tuple(len(v) + 1 for p in POSITIONS for v in SLOT_FIELDS.values())
-ATTRIBUTES = ("background", "shape", "colour", "size", "position")
 
 
 def scene_labels(scene: Scene) -> tuple[int, ...]:
