@@ -22,10 +22,12 @@ licenses = {
 }
 statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable",
             "6 - Mature", "7 - Inactive"]
-py_versions = "3.10 3.11 3.12 3.13".split()
+py_versions = "3.11 3.12 3.13".split()
 
 requirements = shlex.split(cfg.get("requirements", ""))
 dev_requirements = shlex.split(cfg.get("dev_requirements", ""))
+gpu_requirements = shlex.split(cfg.get("gpu_requirements", ""))  # 8- and 4-bit models (bitsandbytes)
+colab_requirements = shlex.split(cfg.get("colab_requirements", ""))  # pins: the versions CI ran (Colab)
 min_python = cfg["min_python"]
 lic = licenses.get(cfg["license"].lower(), (cfg["license"], None))
 
@@ -45,7 +47,8 @@ setuptools.setup(
     package_data={"storyteller": ["checkpoints/*.safetensors", "checkpoints/*.json",
                                  "checkpoints/characters/*/*"]},
     install_requires=requirements,
-    extras_require={"dev": dev_requirements},
+    extras_require={"dev": dev_requirements, "gpu": gpu_requirements,
+                    "colab": colab_requirements + gpu_requirements},
     python_requires=">=" + cfg["min_python"],
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

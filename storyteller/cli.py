@@ -131,13 +131,15 @@ def _demo(args: argparse.Namespace) -> str:
 
 
 def _tell(args: argparse.Namespace) -> str:
-    "Run `storyteller tell`: a story for a prompt, written and illustrated by the models of a config."
+    """Run `storyteller tell`: a story for a prompt, written and illustrated by the models of a config, kept within 85%
+    of the GPU's memory (`gpu_budget`; no budget without CUDA), so a model that does not fit evicts another."""
     from storyteller.app import StorytellerAI
     from storyteller.integration.coordinator import TaskCoordinator
     from storyteller.integration.manager import ModelManager
+    from storyteller.integration.memory import gpu_budget
     from storyteller.world.text import is_chinese, prompt_characters
 
-    teller = StorytellerAI(TaskCoordinator(ModelManager.from_config(args.config)),
+    teller = StorytellerAI(TaskCoordinator(ModelManager.from_config(args.config, memory_budget=gpu_budget())),
                            language="zh" if is_chinese(args.prompt) else "en")
     teller.create_story(args.prompt.strip().rstrip(".。"), args.prompt)
     for name, description in prompt_characters(args.prompt).items():

@@ -33,11 +33,12 @@ PACKAGE_DIR = Path(importlib.util.find_spec("storyteller").origin).parent  # als
 os.environ.setdefault("USE_HUB_KERNELS", "NO")
 
 # %% auto #0
-__all__ = ['PACKAGE_DIR', 'PROFILES', 'SHIPPED_DIR', 'RUNTIMES', 'get_device', 'Profile', 'get_profile', 'step_cap', 'capped',
-           'seed_everything', 'History', 'cycle', 'warmup_cosine', 'default_mixed_precision', 'fit', 'to_tensor',
-           'to_pil', 'image_grid', 'show_images', 'image_gallery', 'CheckpointError', 'atomic_write', 'save_checkpoint',
-           'read_provenance', 'load_checkpoint', 'storyteller_home', 'hardware', 'git_commit', 'versions', 'Train',
-           'Eval', 'Runtime', 'RecipeConfig', 'Recipe']
+__all__ = ['PACKAGE_DIR', 'PROFILES', 'SHIPPED_DIR', 'RUNTIMES', 'get_device', 'synchronize', 'Profile', 'get_profile',
+           'step_cap', 'capped', 'claim', 'seed_everything', 'History', 'cycle', 'warmup_cosine',
+           'default_mixed_precision', 'native_bf16', 'fit', 'process_state', 'global_draw', 'to_tensor', 'to_pil',
+           'image_grid', 'show_images', 'image_gallery', 'CheckpointError', 'atomic_write', 'save_checkpoint',
+           'read_provenance', 'load_checkpoint', 'storyteller_home', 'hardware', 'usable_cores', 'git_commit',
+           'versions', 'Train', 'Eval', 'Runtime', 'RecipeConfig', 'Recipe']
 
 # %% ../nbs/A1_core.ipynb #b255817e
 def get_device(prefer: str | None = None) -> torch.device:
@@ -50,6 +51,14 @@ def get_device(prefer: str | None = None) -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    "Wait until the work queued on `device` is done: CUDA and MPS run asynchronously, so a timer must wait to see it."
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,13 @@ def capped(steps: int) -> int:
     return steps if cap is None else min(steps, cap)
 
 
+def claim(holds: bool, evidence: Any = None) -> None:
+    """Check a number the prose states. Under `STORYTELLER_STEP_CAP` the run trained too briefly to measure anything,
+    so the claim is evaluated (its code runs) but not enforced."""
+    if not holds and step_cap() is None:
+        raise AssertionError(evidence)
+
+
 # %% ../nbs/A1_core.ipynb #c85ee359
 def seed_everything(seed: int = 0) -> torch.Generator:
     "Seed Python, NumPy and torch for a reproducible run; return a torch generator with that seed."
@@ -154,10 +170,18 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 def default_mixed_precision() -> str:
-    "bf16 on GPUs that have it natively, fp16 on older ones (a Colab T4), none on the CPU."
+    """The mixed precision `accelerate launch --mixed_precision` (or `accelerate config`) asked for; else bf16 on GPUs
+    that have it natively, fp16 on older ones (a Colab T4), none on the CPU."""
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return os.environ["ACCELERATE_MIXED_PRECISION"]
     if not torch.cuda.is_available():
         return "no"
-    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    return "bf16" if native_bf16() else "fp16"
+
+
+def native_bf16() -> bool:
+    "Whether this machine's GPU computes bfloat16 natively (Ampere and later do; a T4 only emulates it, slowly)."
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 # %% ../nbs/A1_core.ipynb #73f4efdd
@@ -233,6 +257,24 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterab
     history.seconds = time.perf_counter() - start
     accelerator.unwrap_model(prepared, keep_fp32_wrapper=False).eval()  # drop accelerate's autocast wrapper
     return history
+
+
+# %% ../nbs/A1_core.ipynb #fe1fc380
+def process_state():
+    """accelerate's `PartialState` of this process, one of several when launched so, set up as `fit`'s `Accelerator`
+    sets it up (on the CPU with `ACCELERATE_USE_CPU`): the first set-up is the one every later caller gets."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def global_draw(draw: Callable[[int], torch.Tensor], size: int) -> torch.Tensor:
+    """This process's `size` rows of `draw(n)` made for the whole global batch of `n` rows (`fit` gives each process a
+    contiguous share of every batch), so a loss's random numbers do not depend on how many processes share it."""
+    state = process_state()
+    start = state.process_index * size
+    return draw(size * state.num_processes)[start:start + size]
 
 
 # %% ../nbs/A1_core.ipynb #70c0468d
@@ -372,6 +414,11 @@ def hardware() -> str:
     return f"{device.type}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
 
 
+def usable_cores() -> int:
+    "The CPU cores this process may run on: a container's share, where `os.cpu_count()` reports the whole host's."
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def git_commit() -> str | None:
     "The commit of the source tree this package was imported from (with `-dirty` if modified), if any."
     root = PACKAGE_DIR.parent
@@ -421,7 +468,7 @@ class Runtime:
     num_workers: int = 1  # data-loading processes
 
 
-RUNTIMES = {"S": Runtime(), "M": Runtime(num_workers=min(4, os.cpu_count() or 1))}  # a GPU keeps several loaders busy
+RUNTIMES = {"S": Runtime(), "M": Runtime(num_workers=min(4, usable_cores()))}  # a GPU keeps several loaders busy
 
 
 # %% ../nbs/A1_core.ipynb #de30059f

@@ -5,10 +5,16 @@
 part 2)."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Iterator
 
 from torch import nn
 
@@ -25,6 +31,7 @@ from storyteller.core import (
     git_commit,
     hardware,
     load_checkpoint,
+    process_state,
     read_provenance,
     save_checkpoint,
     seed_everything,
@@ -60,9 +67,9 @@ def register_recipe(recipe: Recipe) -> Recipe:
 
 
 # %% auto #0
-__all__ = ['RECIPES', 'UnknownRecipe', 'get_recipe', 'register_recipe', 'capped_config', 'resolve_config', 'config_of',
-           'load_from', 'load_shipped', 'built_on', 'needed_models', 'train_model', 'lineage', 'total_steps',
-           'describe_provenance', 'load_or_train', 'results_model']
+__all__ = ['RECIPES', 'DISTRIBUTED_VARIABLES', 'UnknownRecipe', 'get_recipe', 'register_recipe', 'capped_config',
+           'resolve_config', 'config_of', 'load_from', 'load_shipped', 'built_on', 'needed_models', 'train_model',
+           'lineage', 'total_steps', 'describe_provenance', 'load_or_train', 'results_model', 'train_alone']
 
 # %% ../nbs/A1b_recipes.ipynb #9c21819f
 def capped_config(config: RecipeConfig) -> RecipeConfig:
@@ -139,8 +146,6 @@ def train_model(name: str, out: str | Path | None = None, profile: Profile | Non
     checkpoint's weights (fresh optimiser and warm-up) and the provenance keeps the parent's record under
     `resumed_from`, so a long run can be built from several shorter ones. Launched on several processes, the main one
     writes the checkpoint and the others wait for it."""
-    from accelerate import PartialState
-
     recipe, profile = get_recipe(name), profile or get_profile()
     config = capped_config(config.override(**overrides)) if config is not None else resolve_config(recipe, profile, **overrides)
     models, records = needed_models(recipe, config, profile)
@@ -162,7 +167,7 @@ def train_model(name: str, out: str | Path | None = None, profile: Profile | Non
     }
     if parent is not None:
         provenance["resumed_from"] = parent
-    state = PartialState()  # as `fit` set it up: one process, or one of several
+    state = process_state()  # as `fit` set it up: one process, or one of several
     if out is not None and state.is_main_process:
         save_checkpoint(model, out, provenance)
     state.wait_for_everyone()
@@ -193,17 +198,30 @@ def describe_provenance(provenance: dict) -> str:
 
 
 # %% ../nbs/A1b_recipes.ipynb #d0c5f677
+def _own_model(name: str, path: Path, config: RecipeConfig) -> tuple[nn.Module, dict] | None:
+    "The model `name` at `path` if it is the kind of model `config` is (its identity) trained at least as long; else None."
+    if not path.exists():
+        return None
+    model, provenance = load_from(name, path)
+    fits = config_of(provenance).identity() == config.identity() and total_steps(provenance) >= config.train.steps
+    return (model, provenance) if fits else None
+
+
 def load_or_train(name: str, retrain: bool = False, profile: Profile | None = None,
                   **overrides) -> tuple[nn.Module, dict]:
     """The reader's own model `name` from `STORYTELLER_HOME` when it is the kind of model asked for (its config's
-    identity: model and data) trained for at least the steps asked; else trained now and saved there."""
+    identity: model and data) trained for at least the steps asked; else trained now and saved there. Launched on
+    several processes, the main one trains it alone (`train_alone`) while the others wait; then each loads it."""
     path = storyteller_home() / f"{name}.safetensors"
     config = resolve_config(get_recipe(name), profile, **overrides)
-    if path.exists() and not retrain:
-        model, provenance = load_from(name, path)
-        if config_of(provenance).identity() == config.identity() and total_steps(provenance) >= config.train.steps:
-            return model, provenance
-    return train_model(name, out=path, profile=profile, **overrides)
+    state = process_state()
+    if state.num_processes > 1:
+        with _main_process_first():
+            if state.is_main_process and (retrain or _own_model(name, path, config) is None):
+                train_alone(name, path, profile or get_profile(), **overrides)
+        return load_from(name, path)
+    own = None if retrain else _own_model(name, path, config)
+    return own if own is not None else train_model(name, out=path, profile=profile, **overrides)
 
 
 def results_model(name: str, profile: Profile | None = None) -> tuple[nn.Module, dict]:
@@ -212,4 +230,36 @@ def results_model(name: str, profile: Profile | None = None) -> tuple[nn.Module,
     profile = profile or get_profile()
     model, provenance = load_or_train(name, profile=profile) if profile.own_results else load_shipped(name)
     return model.to(get_device()), provenance
+
+
+# %% ../nbs/A1b_recipes.ipynb #47993ffa
+DISTRIBUTED_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                         "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",  # torchrun's
+                         "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # MPI's, which accelerate reads
+
+
+def train_alone(name: str, out: str | Path, profile: Profile, **overrides) -> None:
+    """Train recipe `name` into `out` with `storyteller train` in a process of its own, outside any distributed launch:
+    how one of several launched processes trains a model that trains in one."""
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_VARIABLES and not k.startswith("TORCHELASTIC_")}
+    sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    command = [sys.executable, "-c", "import sys; from storyteller.cli import main; sys.exit(main())",
+               "train", name, "--profile", profile.name, "--out", str(out), *sets]
+    if subprocess.run(command, env=env).returncode:
+        raise StorytellerError(f"training {name!r} in a process of its own failed (its error is above)")
+
+
+@contextmanager
+def _main_process_first() -> Iterator[None]:
+    """Run the block on the main process, then on the others, which wait for it as long as it takes: on a gloo group
+    with a day's timeout, as NCCL's would end a wait for a model's training after ten minutes."""
+    import torch.distributed as dist
+
+    group, main = dist.new_group(backend="gloo", timeout=timedelta(days=1)), process_state().is_main_process
+    if not main:
+        dist.barrier(group=group)
+    yield
+    if main:
+        dist.barrier(group=group)
+    dist.destroy_process_group(group)
 

@@ -37,6 +37,12 @@ class OnDevice(torch.Tensor):
     def __repr__(self):
         return f"OnDevice({self.data_!r})"
 
+    def untyped_storage(self):  # real memory, as a CUDA tensor has: safetensors finds tied weights by it
+        return self.data_.untyped_storage()
+
+    def data_ptr(self) -> int:
+        return self.data_.data_ptr()
+
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         return _dispatch(func, args, kwargs or {})
@@ -52,7 +58,8 @@ def _dispatch(func, args: tuple, kwargs: dict):
     if func is aten.index.Tensor and on_device and not isinstance(args[0], OnDevice):
         raise RuntimeError("indices should be either on cpu or on the same device as the indexed tensor (cpu)")
     to_device = kwargs.get("device") is not None and torch.device(kwargs["device"]) == DEVICE
-    if to_device and kwargs.get("generator") is not None:
+    generator = kwargs.get("generator")
+    if (to_device or on_device) and generator is not None and generator.device.type == "cpu":  # any random op
         raise RuntimeError(f"Expected a '{DEVICE.type}' device type for generator but found 'cpu'")
     if to_device:
         kwargs = {**kwargs, "device": torch.device("cpu")}
@@ -116,3 +123,20 @@ class StandInDevice(_OnDeviceDispatch):
         super().__exit__(*exc)
         self._constructors.__exit__(*exc)
 
+
+
+def install() -> None:
+    """Make the stand-in this process's accelerator for good, as CUDA is on a GPU machine: `StandInDevice` stays entered,
+    `storyteller.core.get_device()` (and so every module that imports it later: call this first) and accelerate's
+    `Accelerator` choose it, and `fit` trains under bf16 autocast (unless ACCELERATE_MIXED_PRECISION says otherwise). A gpu-profile smoke run calls this in each
+    chapter's kernel before the chapter's first cell, so the chapter's own cells meet device mixing as on CUDA."""
+    import os
+
+    import accelerate
+
+    import storyteller.core as core
+
+    StandInDevice().__enter__()
+    core.get_device = lambda prefer=None: torch.device(prefer) if prefer else DEVICE
+    os.environ.setdefault("ACCELERATE_MIXED_PRECISION", "bf16")  # as `accelerate launch --mixed_precision bf16` does
+    accelerate.Accelerator.device = property(lambda self: DEVICE)

@@ -1,6 +1,7 @@
 """The four Hugging Face families (CLIP, BLIP-2, LLaVA, Qwen2-VL / Qwen2.5-VL) through the model manager: tiny
 random-weight models of the real classes, saved with `save_pretrained` and loaded by path with the hub offline; every
 capability each adapter declares, exercised. Also the book's own models as adapters."""
+import dataclasses
 import os
 import random
 
@@ -175,3 +176,32 @@ def test_size_estimate_follows_dtype_and_float32_modules(hf, dtype):
         modules = [adapter.model] + ([adapter.retrieval] if name == "blip2" else [])
         loaded = sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
         assert weights(manager, name) == loaded, name  # BLIP-2 keeps its Q-Former in float32 under float16
+
+
+def test_blip2_retrieval_model_is_never_quantized_and_is_sized_as_loaded(hf, monkeypatch):
+    """Beside an 8-bit caption model on CUDA, the retrieval model loads in float16 without bitsandbytes (its contrastive
+    head casts activations to the projections' weight dtype, int8 when quantized), and the estimate counts it so."""
+    import transformers
+
+    spec, loads = hf.spec("blip2"), {}
+
+    def recording(model_class):
+        "`from_pretrained` that notes its arguments and loads on the CPU, unquantized: no GPU nor bitsandbytes here."
+        original = model_class.from_pretrained
+
+        def load(path, **kwargs):
+            loads[model_class.__name__] = kwargs
+            return original(path, dtype=kwargs["dtype"])
+        return load
+
+    for model_class in (transformers.Blip2ForConditionalGeneration, transformers.Blip2ForImageTextRetrieval):
+        monkeypatch.setattr(model_class, "from_pretrained", recording(model_class))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    blip2 = BLIP2Adapter(spec.path, retrieval_path=spec.options["retrieval_path"], device="cuda", quantization="8bit")
+    assert loads["Blip2ForConditionalGeneration"]["quantization_config"].load_in_8bit
+    assert loads["Blip2ForImageTextRetrieval"] == {"device_map": {"": 0}, "dtype": torch.float16}
+    quantized = MODEL_TYPES["blip2"].estimate_bytes(dataclasses.replace(spec, device="cuda", quantization="8bit"))
+    captioner = MODEL_TYPES["blip2"].estimate_bytes(dataclasses.replace(spec, device="cuda", quantization="8bit", options={}))
+    retrieval = sum(t.numel() * t.element_size() for t in [*blip2.retrieval.parameters(), *blip2.retrieval.buffers()])
+    assert blip2.retrieval.qformer.layernorm.weight.dtype == torch.float32  # the Q-Former stays float32 under float16
+    assert quantized - captioner == retrieval  # the retrieval model's estimate is what loaded

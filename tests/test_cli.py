@@ -41,3 +41,22 @@ def test_list_shows_shipped_provenance():
     result = run("list")
     assert result.returncode == 0, result.stderr
     assert "judge" in result.stdout and "miniclip" in result.stdout and "steps in" in result.stdout
+
+
+def test_tell_keeps_the_models_within_the_gpus_budget(tmp_path, monkeypatch):
+    "`tell` gives its manager `gpu_budget()`: on a GPU a model that does not fit beside another evicts it (no OOM)."
+    from storyteller.cli import main
+    from storyteller.integration.manager import ModelManager
+
+    config = tmp_path / "models.yaml"
+    config.write_text("models:\n  - {name: writer, type: writer}\n  - {name: describer, type: describer}\n"
+                      "  - {name: illustrator, type: illustrator, options: {steps: 2}}\n")
+    sizes = ModelManager.from_config(config)
+    budget = max(sizes.estimate(name) for name in sizes.specs)  # room for one model at a time
+    monkeypatch.setattr("storyteller.integration.memory.gpu_budget", lambda: budget)  # as on a GPU of that size
+    made, original = [], ModelManager.from_config
+    monkeypatch.setattr(ModelManager, "from_config",
+                        lambda config, memory_budget=None: made.append(original(config, memory_budget)) or made[-1])
+    assert main(["tell", "--config", str(config), "--prompt", "A story about Luna, a small pink triangle.",
+                 "--out", str(tmp_path / "story")]) == 0
+    assert [m.memory_budget for m in made] == [budget] and made[0].counts()["evict"] >= 1

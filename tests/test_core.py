@@ -121,3 +121,33 @@ def test_storyteller_train_on_two_processes_writes_one_checkpoint(tmp_path):
     assert done.stdout.count("wrote ") == 1 and len(re.findall(r"judge:\s+0%", done.stderr)) == 1
     model, provenance = load_from("judge", out)
     assert provenance["steps"] == 2 and provenance["config"]["train"]["batch_size"] == 8  # the global batch
+
+
+SMALL_TEXT_TO_IMAGE = ("batch_size=4", "warmup=0", "eval_prompts=8", "eval_steps=2", "sweep_prompts=0", "num_workers=0")
+
+
+@pytest.mark.parametrize("name", ["unet", "dit"])
+def test_text_to_image_on_two_processes_trains_as_one_with_the_same_global_batch(name, tmp_path):
+    """The model's call is its loss, so DistributedDataParallel averages the gradients, and the loss draws its noise for
+    the global batch: two processes log the single process's losses, and the main one writes the checkpoint."""
+    script = str(Path(__file__).with_name("train_processes.py"))
+    runs = {n: launch(sys.executable, script, name, str(tmp_path / str(n) / f"{name}.safetensors"), "steps=3",
+                      *SMALL_TEXT_TO_IMAGE, processes=n, tmp_path=tmp_path) for n in (1, 2)}
+    alone, shared = (json.loads(runs[n].stdout.strip().splitlines()[-1]) for n in (1, 2))
+    assert (alone["processes"], shared["processes"]) == (1, 2) and len(alone["losses"]) == 3
+    torch.testing.assert_close(shared["losses"], alone["losses"], rtol=1e-5, atol=0)
+    assert sorted(p.name for p in (tmp_path / "2").iterdir()) == [f"{name}.json", f"{name}.safetensors"]
+
+
+def test_a_fresh_gpu_profile_home_trains_the_prerequisite_then_unet_on_two_processes(storyteller_home, tmp_path,
+                                                                                    monkeypatch):
+    "The main process trains the missing mini-CLIP alone while the other waits; then both train the U-Net."
+    monkeypatch.setenv("STORYTELLER_PROFILE", "gpu")
+    monkeypatch.setenv("STORYTELLER_STEP_CAP", "2")
+    sets = [arg for setting in SMALL_TEXT_TO_IMAGE for arg in ("--set", setting)]
+    done = launch(shutil.which("storyteller"), "train", "unet", *sets, processes=2, tmp_path=tmp_path)
+    assert sorted(p.name for p in storyteller_home.iterdir()) == ["miniclip.json", "miniclip.safetensors", "unet.json",
+                                                                  "unet.safetensors"]
+    assert done.stdout.count("wrote ") == 2  # mini-CLIP's process, then the main one's U-Net
+    provenance = read_provenance(storyteller_home / "unet.safetensors")
+    assert provenance["profile"] == "gpu" and provenance["built_on"]["miniclip"]["steps"] == 2

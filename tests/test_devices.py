@@ -69,6 +69,12 @@ def test_the_stand_in_device_fails_where_cuda_fails():
             torch.arange(5.0)[torch.tensor([0, 1], device=DEVICE)]
         with pytest.raises(RuntimeError, match="generator"):
             torch.randn(2, generator=seeded(), device=DEVICE)
+        for draw in (lambda: torch.multinomial(x[0], 2, generator=seeded()), lambda: x.clone().uniform_(generator=seeded()),
+                     lambda: x.clone().normal_(generator=seeded()), lambda: torch.bernoulli(x / 2, generator=seeded()),
+                     lambda: torch.normal(x, 1.0, generator=seeded())):
+            with pytest.raises(RuntimeError, match="generator"):  # a CPU generator for a device tensor's random numbers
+                draw()
+        assert torch.randperm(3, generator=seeded()).device.type == "cpu"  # on the CPU it is the right generator
         assert (x * torch.tensor(2.0)).sum().item() == 12  # CPU scalars mix, as on CUDA
         assert type(x.cpu()) is torch.Tensor and x[torch.tensor([0])].device == DEVICE
         assert torch.tensor([1, 2], device=DEVICE).tolist() == [1, 2]
@@ -211,3 +217,44 @@ def test_the_storyteller_tells_a_story_on_a_device(tmp_path):
         if cpu is not None:  # the same picture, to rounding: float sums in another order may tip a value by one
             diff = (torch.tensor(list(mine.tobytes())) - torch.tensor(list(cpu.tobytes()))).abs()
             assert mine.size == cpu.size and diff.max() <= 1 and (diff > 0).float().mean() < 0.01
+
+
+MIXED_PRECISION_RUN = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+import standin
+if {on_device!r}:
+    standin.install()  # before the modules that import get_device
+from storyteller.core import default_mixed_precision, get_profile, seed_everything
+from storyteller.recipes import get_recipe, needed_models
+
+assert default_mixed_precision() == {precision!r}
+for name in ("vqgan", "unet"):  # the GAN's two accelerators, and a recipe trained through forward
+    recipe, profile = get_recipe(name), get_profile("cpu")
+    small = {{k: v for k, v in {small!r}.items() if k in recipe.config_type.field_names()}}
+    config = recipe.config(profile).override(**small)
+    models, _ = needed_models(recipe, config, profile)
+    seed_everything(0)
+    model = recipe.build(config)
+    metrics = recipe.train(model, config, progress=False, **models)
+    assert {{p.dtype for p in model.parameters()}} == {{torch.float32}}, name    # the master weights stay float32
+    assert model.forward.__func__ is type(model).forward, name   # accelerate's autocast wrapper is gone after training
+    assert all(torch.isfinite(torch.tensor(float(v))) for k, v in metrics.items() if k != "seconds"), (name, metrics)
+    print(name, "ok")
+"""
+
+
+@pytest.mark.parametrize(("precision", "on_device"), [("bf16", True), ("fp16", False)])
+def test_recipes_train_under_the_mixed_precision_a_gpu_gets(precision, on_device):
+    """fit's autocast path, on CPU kernels where they exist: bf16 (Ampere on) on the stand-in device; fp16 (a T4) on the
+    CPU, since accelerate refuses fp16 on a device without autocast. Accelerate fixes the precision once a process, so
+    each runs in a subprocess."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = MIXED_PRECISION_RUN.format(tests=str(Path(__file__).parent), precision=precision, small=SMALL, on_device=on_device)
+    environment = {**os.environ, "ACCELERATE_MIXED_PRECISION": precision}  # as `accelerate launch --mixed_precision` sets it
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=environment)
+    assert done.returncode == 0 and done.stdout.split() == ["vqgan", "ok", "unet", "ok"], done.stderr[-3000:]

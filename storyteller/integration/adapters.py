@@ -29,11 +29,13 @@ from storyteller.core import (
                               versions,
 )
 from storyteller.integration.memory import (
+                              AUTO_DTYPE,
                               DTYPES,
                               QUANTIZATIONS,
                               estimate_hf_bytes,
                               estimate_own_bytes,
                               hf_generation_bytes,
+                              resolve_dtype,
 )
 from storyteller.models.characters import (
                               SHIPPED_CHARACTERS,
@@ -72,8 +74,8 @@ from storyteller.world.text import (
 # %% auto #0
 __all__ = ['CAPTION_PROMPTS', 'GENERATION_BATCH', 'STORY_TOKENS', 'CAPTION_TOKENS', 'PROMPT_TOKENS', 'ImageInput', 'Capability',
            'UnsupportedCapability', 'ModelSpec', 'MultimodalModel', 'from_pretrained_kwargs', 'load_hf', 'HFAdapter',
-           'CLIPAdapter', 'trim_prompts', 'BLIP2Adapter', 'ChatVLMAdapter', 'LLaVAAdapter', 'QwenVLAdapter',
-           'own_model', 'image_batch', 'OwnModelAdapter', 'MiniCLIPAdapter', 'IllustratorAdapter',
+           'CLIPAdapter', 'trim_prompts', 'retrieval_dtype', 'BLIP2Adapter', 'ChatVLMAdapter', 'LLaVAAdapter',
+           'QwenVLAdapter', 'own_model', 'image_batch', 'OwnModelAdapter', 'MiniCLIPAdapter', 'IllustratorAdapter',
            'CharacterIllustrator', 'DescriberAdapter', 'StoryWriterAdapter']
 
 # %% ../../nbs/07_integration.ipynb #25bddaa1
@@ -114,7 +116,7 @@ class ModelSpec:
     type: str
     path: str | None = None
     device: str = "cpu"
-    dtype: str | None = None
+    dtype: str | None = None  # float32, float16, bfloat16, or auto: by the device as it loads (`resolve_dtype`)
     quantization: str | None = None  # "8bit" or "4bit" through bitsandbytes: CUDA only
     options: dict = field(default_factory=dict)
 
@@ -226,14 +228,14 @@ def _check_lengths(images: Sequence, texts: Sequence, what: str = "questions") -
 
 # %% ../../nbs/07_integration.ipynb #55399bf7
 def from_pretrained_kwargs(device: str = "cpu", dtype: str | None = None, quantization: str | None = None) -> dict:
-    """The `from_pretrained` arguments for a device, a dtype name and an optional bitsandbytes quantization (CUDA only).
-    On CUDA the weights load straight onto the GPU (`device_map`): a 7B model in float16 (14 GB) would not fit a
-    Colab machine's 12 GB of RAM on the way."""
+    """The `from_pretrained` arguments for a device, a dtype name (`auto`: resolved for the device) and an optional
+    bitsandbytes quantization (CUDA only). On CUDA the weights load straight onto the GPU (`device_map`): a 7B model in
+    float16 (14 GB) would not fit a Colab machine's 12 GB of RAM on the way."""
     kwargs = {"device_map": {"": torch.device(device).index or 0}} if torch.device(device).type == "cuda" else {}
     if dtype is not None:
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-        kwargs["dtype"] = DTYPES[dtype]
+        if dtype not in (*DTYPES, AUTO_DTYPE):
+            raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join([*DTYPES, AUTO_DTYPE])}")
+        kwargs["dtype"] = DTYPES[resolve_dtype(dtype, device)]
     if quantization is not None:
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"unknown quantization {quantization!r}; valid: {', '.join(QUANTIZATIONS)}")
@@ -268,14 +270,15 @@ class HFAdapter(MultimodalModel):
 
     @classmethod
     def estimate_bytes(cls, spec: ModelSpec) -> int:
-        return estimate_hf_bytes(spec.path, cls.model_class, spec.dtype, spec.quantization)
+        return estimate_hf_bytes(spec.path, cls.model_class, resolve_dtype(spec.dtype, spec.device), spec.quantization)
 
     @classmethod
     def generation_bytes(cls, spec: ModelSpec, new_tokens: int, image_tokens: Callable[[Any], int]) -> int:
         """`working_bytes` of a generating model: a batch of `batch_size` prompts (the entry's option, else the default),
         each of one image (`image_tokens(config)` tokens) and `PROMPT_TOKENS`, continued by `new_tokens`."""
-        return hf_generation_bytes(spec.path, spec.dtype, spec.quantization, spec.options.get("batch_size", GENERATION_BATCH),
-                                   new_tokens, lambda config: image_tokens(config) + PROMPT_TOKENS)
+        return hf_generation_bytes(spec.path, resolve_dtype(spec.dtype, spec.device), spec.quantization,
+                                   spec.options.get("batch_size", GENERATION_BATCH), new_tokens,
+                                   lambda config: image_tokens(config) + PROMPT_TOKENS)
 
     def __init__(self, path: str | Path, name: str | None = None, device: str = "cpu", dtype: str | None = None,
                  quantization: str | None = None, batch_size: int = GENERATION_BATCH):
@@ -284,10 +287,11 @@ class HFAdapter(MultimodalModel):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.name, self.path = name or Path(str(path)).name, str(path)
         self.batch_size = batch_size  # prompts per `generate` call: bounds the key-value cache on a GPU
-        self.model = load_hf(getattr(transformers, self.model_class), path, device, dtype, quantization)
+        self.dtype = resolve_dtype(dtype, device)  # `auto` made a dtype: the one the weights (and the cache key) have
+        self.model = load_hf(getattr(transformers, self.model_class), path, device, self.dtype, quantization)
         self.processor = transformers.AutoProcessor.from_pretrained(path)
         self.fingerprint = f"{type(self).__name__}:{Path(self.path).resolve() if Path(self.path).exists() else self.path}:" \
-                           f"{dtype}:{quantization}"
+                           f"{self.dtype}:{quantization}"
 
     def _to_model(self, inputs) -> dict:
         return _on_model(inputs, self.model)
@@ -327,6 +331,13 @@ def trim_prompts(input_ids: torch.Tensor, generated: torch.Tensor) -> list[torch
     return [out[len(prompt):] for prompt, out in zip(input_ids, generated)]
 
 
+def retrieval_dtype(dtype: str | None, quantization: str | None) -> str | None:
+    """The dtype BLIP-2's retrieval checkpoint loads in beside a caption model of `dtype` and `quantization`: the same,
+    float16 where the caption model is quantized. The retrieval model is never quantized: its contrastive head casts
+    the Q-Former's output to the dtype of its projections' weights, which bitsandbytes makes int8."""
+    return dtype or ("float16" if quantization else None)
+
+
 class BLIP2Adapter(HFAdapter):
     """BLIP-2 (`Salesforce/blip2-opt-2.7b`): captions and answers ("Question: … Answer:"), prompts trimmed from the
     output; image-text matching only with a retrieval checkpoint (`Salesforce/blip2-itm-vit-g`)."""
@@ -343,8 +354,9 @@ class BLIP2Adapter(HFAdapter):
     @classmethod
     def estimate_bytes(cls, spec: ModelSpec) -> int:
         retrieval = spec.options.get("retrieval_path")
-        return super().estimate_bytes(spec) + (estimate_hf_bytes(retrieval, "Blip2ForImageTextRetrieval", spec.dtype,
-                                                                 spec.quantization) if retrieval else 0)
+        dtype = retrieval_dtype(resolve_dtype(spec.dtype, spec.device), spec.quantization)
+        return super().estimate_bytes(spec) + (estimate_hf_bytes(retrieval, "Blip2ForImageTextRetrieval", dtype)
+                                               if retrieval else 0)
 
     @classmethod
     def working_bytes(cls, spec: ModelSpec) -> int:
@@ -355,9 +367,8 @@ class BLIP2Adapter(HFAdapter):
         self.processor.tokenizer.padding_side = "left"
         if retrieval_path is not None:
             import transformers
-            device = kwargs.get("device", "cpu")
-            self.retrieval = load_hf(transformers.Blip2ForImageTextRetrieval, retrieval_path, device,
-                                     kwargs.get("dtype"), kwargs.get("quantization"))
+            self.retrieval = load_hf(transformers.Blip2ForImageTextRetrieval, retrieval_path, kwargs.get("device", "cpu"),
+                                     retrieval_dtype(self.dtype, kwargs.get("quantization")))
             self.retrieval_processor = transformers.AutoProcessor.from_pretrained(retrieval_path)
             self.retrieval_processor.tokenizer.padding_side = "right"
         self.capabilities = self.capabilities_for(ModelSpec(self.name, self.type_name, self.path,

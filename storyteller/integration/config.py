@@ -27,7 +27,7 @@ from storyteller.integration.adapters import (
                                               QwenVLAdapter,
                                               StoryWriterAdapter,
 )
-from .memory import DTYPES, QUANTIZATIONS
+from .memory import AUTO_DTYPE, DTYPES, QUANTIZATIONS
 
 
 # %% auto #0
@@ -66,8 +66,9 @@ def check_fields(label: str, entry: dict) -> None:
     for key in ("path", "dtype", "quantization"):
         if entry.get(key) is not None and not isinstance(entry[key], str):
             raise ConfigError(f"{label}: field {key!r} must be a string, got {type(entry[key]).__name__} {entry[key]!r}")
-    if entry.get("dtype") is not None and entry["dtype"] not in DTYPES:
-        raise ConfigError(f"{label}: field 'dtype' is {entry['dtype']!r}; valid: {', '.join(DTYPES)}")
+    if entry.get("dtype") is not None and entry["dtype"] not in (*DTYPES, AUTO_DTYPE):
+        raise ConfigError(f"{label}: field 'dtype' is {entry['dtype']!r}; valid: {', '.join([*DTYPES, AUTO_DTYPE])} "
+                          "(auto: bfloat16 on a GPU that has it natively, else float16; float32 off CUDA)")
     quantization, device = entry.get("quantization"), entry.get("device", "cpu")
     if not isinstance(device, str) or not DEVICE.fullmatch(device):
         raise ConfigError(f"{label}: field 'device' is {device!r}; valid: cpu, cuda, cuda:N, mps")
@@ -162,11 +163,11 @@ OFFLINE_CONFIG = {"models": [
 GPU_CONFIG = {"models": [
     {"name": "clip", "type": "clip", "path": "openai/clip-vit-base-patch32", "device": "cuda", "dtype": "float16"},
     {"name": "blip2", "type": "blip2", "path": "Salesforce/blip2-opt-2.7b", "device": "cuda", "dtype": "float16",
-     "quantization": "8bit", "options": {"retrieval_path": "Salesforce/blip2-itm-vit-g"}},
+     "quantization": "8bit"},  # captions and answers; CLIP matches: no retrieval checkpoint (2.7 GB)
     {"name": "llava", "type": "llava", "path": "llava-hf/llava-1.5-7b-hf", "device": "cuda", "dtype": "float16",
      "quantization": "4bit", "options": {"batch_size": 2}},
-    {"name": "qwen2-vl", "type": "qwen-vl", "path": "Qwen/Qwen2-VL-2B-Instruct", "device": "cuda", "dtype": "bfloat16",
-     "options": {"min_pixels": 256 * 28 * 28, "max_pixels": 512 * 28 * 28}},
+    {"name": "qwen2-vl", "type": "qwen-vl", "path": "Qwen/Qwen2-VL-2B-Instruct", "device": "cuda", "dtype": "auto",
+     "options": {"min_pixels": 256 * 28 * 28, "max_pixels": 512 * 28 * 28}},  # bfloat16 where native, else float16
     {"name": "illustrator", "type": "illustrator", "device": "cuda"},
     {"name": "writer", "type": "writer"},
 ]}

@@ -11,19 +11,31 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..core import SHIPPED_DIR, read_provenance
+from ..core import SHIPPED_DIR, native_bf16, read_provenance
 from ..recipes import config_of, get_recipe
 
 
 # %% auto #0
-__all__ = ['DTYPES', 'QUANTIZATIONS', 'QUANTIZED_BYTES', 'parameter_bytes', 'loaded_dtype', 'meta_model', 'estimate_hf_bytes',
-           'estimate_own_bytes', 'gpu_budget', 'published_configs', 'with_published_configs', 'kv_cache_bytes',
-           'generation_bytes', 'hf_generation_bytes']
+__all__ = ['DTYPES', 'AUTO_DTYPE', 'QUANTIZATIONS', 'QUANTIZED_BYTES', 'resolve_dtype', 'parameter_bytes', 'loaded_dtype',
+           'meta_model', 'estimate_hf_bytes', 'estimate_own_bytes', 'gpu_budget', 'published_configs',
+           'with_published_configs', 'kv_cache_bytes', 'generation_bytes', 'hf_generation_bytes']
 
 # %% ../../nbs/07c_memory.ipynb #e8fd838c
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+AUTO_DTYPE = "auto"  # an entry's dtype chosen by its device when it loads: `resolve_dtype`
 QUANTIZATIONS = ("8bit", "4bit")  # through bitsandbytes, on CUDA
 QUANTIZED_BYTES = {"8bit": 1.0, "4bit": 0.5 + 4 / 64}  # nf4: half a byte, plus a float32 scale per block of 64
+
+
+def resolve_dtype(dtype: str | None, device: str | torch.device) -> str | None:
+    """The dtype name an entry loads in on `device`: `auto` is bfloat16 on a CUDA GPU that computes it natively and
+    float16 on an older one (a T4 only emulates bfloat16, slowly: `native_bf16`), float32 off
+    CUDA; any other name stays itself."""
+    if dtype != AUTO_DTYPE:
+        return dtype
+    if torch.device(device).type != "cuda":
+        return "float32"
+    return "bfloat16" if native_bf16() else "float16"
 
 
 def _within(name: str, modules: Sequence[str]) -> bool:
@@ -34,7 +46,8 @@ def _within(name: str, modules: Sequence[str]) -> bool:
 def parameter_bytes(model: nn.Module, dtype: torch.dtype | None = None, quantization: str | None = None) -> int:
     """Bytes of a model's parameters (in `dtype`, else their own) and buffers (in their own), as `from_pretrained`
     stores them: modules a Hugging Face model keeps in float32 stay float32, and with 8- or 4-bit quantization the
-    linear weights take 1 or ½ byte except those bitsandbytes leaves alone (output layer, tied weights). Works on meta."""
+    linear weights take 1 or ½ byte except those bitsandbytes leaves alone (output layer, tied weights, and the modules
+    kept in float32, as `HfQuantizer.get_modules_to_not_convert` lists them). Works on meta."""
     fp32 = set()
     if dtype in (torch.float16, torch.bfloat16):
         fp32 |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
@@ -42,8 +55,8 @@ def parameter_bytes(model: nn.Module, dtype: torch.dtype | None = None, quantiza
             fp32 |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
     quantized = set()
     if quantization:
-        from transformers.quantizers.base import get_keys_to_not_convert
-        keep = get_keys_to_not_convert(model)
+        from transformers.quantizers.base import HfQuantizer
+        keep = HfQuantizer.get_modules_to_not_convert(model, None, getattr(model, "_keep_in_fp32_modules", None))
         quantized = {id(m.weight) for name, m in model.named_modules() if isinstance(m, nn.Linear) and not _within(name, keep)}
     total = sum(b.numel() * b.element_size() for b in model.buffers())  # buffers (rotary tables…) keep their dtype
     for name, p in model.named_parameters():
@@ -58,6 +71,8 @@ def parameter_bytes(model: nn.Module, dtype: torch.dtype | None = None, quantiza
 
 def loaded_dtype(dtype: str | None, quantization: str | None, config) -> torch.dtype:
     "The dtype a Hugging Face model loads in: the entry's, float16 under quantization, else the checkpoint's own."
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}; resolve 'auto' for a device first (resolve_dtype)")
     dtype = DTYPES.get(dtype) or (torch.float16 if quantization else None)
     dtype = dtype or getattr(config, "dtype", None) or torch.float32
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype

@@ -130,7 +130,7 @@ def teach_character(model: TextToImage, character: CharacterLook, steps: int = 1
     inject_lora(model.denoiser, target_modules, r, alpha or r)
     loader = character_loader(character, steps, batch_size, n_examples, prior_share, image_size=model.image_size, seed=seed,
                               n_pairs=n_pairs)
-    return fit(model, lambda m, batch: m.loss(batch), loader, steps, lr=lr, warmup=10, progress=progress,
+    return fit(model, lambda m, batch: m(batch), loader, steps, lr=lr, warmup=10, progress=progress,
                desc=f"LoRA: {character.name}")
 
 

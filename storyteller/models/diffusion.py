@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_choice
-from ..core import RUNTIMES, History, Recipe, RecipeConfig, Train, capped, fit, get_device
+from ..core import RUNTIMES, History, Recipe, RecipeConfig, Train, capped, fit, get_device, global_draw
 from .foundations import MINICLIP_MODEL, CrossModalAttention, MiniCLIPModel, miniclip_from
 from .vqvae import Downsample, Upsample, group_norm
 from ..world.data import Data, StoryWorldDataset, recipe_loader
@@ -464,18 +464,24 @@ class TextToImage(nn.Module):
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """The denoising loss on a batch of images and captions, with condition dropout for classifier-free guidance
-        (each picture's squared error weighted by `min_snr_weight` when the model has an `snr_gamma`)."""
+        (each picture's squared error weighted by `min_snr_weight` when the model has an `snr_gamma`). Its random
+        numbers are drawn for the global batch (`global_draw`): data-parallel training draws what one process would."""
         x0 = self.to_model_space(batch["image"])
-        keep = torch.rand(len(x0)) >= self.cond_drop
+        n = len(x0)
+        keep = global_draw(torch.rand, n) >= self.cond_drop
         context, mask = self.encode_text([c if k else "" for c, k in zip(batch["caption"], keep)])
-        t = torch.randint(0, self.schedule.num_steps, (len(x0),), device=x0.device)
-        noise = torch.randn_like(x0)
+        t = global_draw(lambda size: torch.randint(0, self.schedule.num_steps, (size,), device=x0.device), n)
+        noise = global_draw(lambda size: torch.randn(size, *x0.shape[1:], dtype=x0.dtype, device=x0.device), n)
         x_t = self.schedule.q_sample(x0, t, noise)
         output = self.denoiser(x_t, t, context, mask)
         error = (output.float() - self.schedule.target(x0, noise, t, self.prediction_type)).pow(2).flatten(1).mean(1)
         if self.snr_gamma is not None:
             error = error * min_snr_weight(self.schedule, t, self.snr_gamma, self.prediction_type)
         return error.mean(), {}
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        "The training loss (`loss`), as `model(batch)`: through DistributedDataParallel, which averages the gradients."
+        return self.loss(batch)
 
     @torch.no_grad()
     def generate(self, captions: Sequence[str], *, steps: int = 50, sampler: str | Sampler = "ddim",
@@ -647,7 +653,7 @@ def fit_text_to_image(model: TextToImage, config: TextToImageConfig, progress: b
     model.to(get_device())
     trainable = model.trainable()
     averaged = ema_model(trainable, train.ema_decay)
-    history = fit(model, lambda m, batch: m.loss(batch), recipe_loader(config), train.steps, lr=train.lr,
+    history = fit(model, lambda m, batch: m(batch), recipe_loader(config), train.steps, lr=train.lr,
                   weight_decay=train.weight_decay, warmup=train.warmup,
                   progress=progress, desc=type(model.denoiser).__name__,
                   on_step=lambda step, batch: averaged.update_parameters(trainable))

@@ -203,7 +203,7 @@ def fit_vqgan(model: VQGAN, perceptual: PerceptualLoss, data: Iterable, steps: i
         raise StorytellerError("VQGAN training runs in one process: its two optimisers, the adaptive weight's autograd.grad "
                                "and the codebook's running averages are not data-parallel here; launch it without "
                                "torchrun or accelerate launch")
-    perceptual.to(critic.device)
+    model.to(critic.device), perceptual.to(critic.device)  # placed before the critic's optimiser takes its parameters
     opt_d = critic.prepare(torch.optim.Adam(model.discriminator.parameters(), lr=d_lr, betas=(0.5, 0.9)))
     gan_loss, seen = loss_options.get("gan_loss", "hinge"), {"step": 0}
 

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import random
 from dataclasses import dataclass
 from typing import Literal
@@ -14,14 +13,14 @@ from typing import Literal
 import torch
 
 from ..checks import check_choice
-from ..core import RecipeConfig, to_tensor
+from ..core import RecipeConfig, to_tensor, usable_cores
 from .scenes import Scene, render, sample_scene, scene_labels
 from .text import LANGUAGES, N_TEMPLATES, caption
 
 
 # %% auto #0
-__all__ = ['SPLIT_SIZES', 'StoryWorldDataset', 'drawn_pictures', 'draws_up_front', 'storyworld_loader', 'load_split', 'Data',
-           'recipe_loader']
+__all__ = ['SPLIT_SIZES', 'StoryWorldDataset', 'drawn_pictures', 'picture_workers', 'picture_bytes', 'draws_up_front',
+           'storyworld_loader', 'load_split', 'Data', 'recipe_loader']
 
 # %% ../../nbs/00c_data.ipynb #8a3367b0
 SPLIT_SIZES = {"train": 50_000, "val": 2_000, "test": 2_000}
@@ -65,14 +64,24 @@ class StoryWorldDataset(torch.utils.data.Dataset):
 @functools.lru_cache(maxsize=2)
 def drawn_pictures(split: str, n: int, image_size: int, seed: int = 0, n_actors: int | None = None,
                    named: bool = False) -> torch.Tensor:
-    """Every picture of a StoryWorld split as `(n, 3, S, S)` bytes, drawn once by one worker process per core (the two
-    latest sets stay in memory: 600 MB for the training split at 64 px)."""
+    """Every picture of a StoryWorld split as `(n, 3, S, S)` bytes, drawn once by `picture_workers()` processes (the
+    two latest sets stay in memory: 600 MB for the training split at 64 px)."""
     from tqdm.auto import tqdm
 
     data = StoryWorldDataset(split, n, image_size, seed=seed, n_actors=n_actors, named=named)
-    loader = torch.utils.data.DataLoader(data, batch_size=500, num_workers=os.cpu_count() or 1)
-    bar = tqdm(loader, desc=f"drawing the {split} split at {image_size} px", leave=False)
-    return torch.cat([batch["image"].mul(255).round().to(torch.uint8) for batch in bar])
+    loader = torch.utils.data.DataLoader(data, batch_size=500, num_workers=picture_workers(), collate_fn=picture_bytes)
+    return torch.cat(list(tqdm(loader, desc=f"drawing the {split} split at {image_size} px", leave=False)))
+
+
+def picture_workers() -> int:
+    """Processes that draw a split up front: one per usable core, at most 8 (each batch crosses shared memory, which a
+    container may keep as small as 64 MB)."""
+    return min(8, usable_cores())
+
+
+def picture_bytes(items: list[dict]) -> torch.Tensor:
+    "A batch of items' pictures as bytes, made in the worker: a quarter of the shared memory float32 would take."
+    return torch.stack([item["image"] for item in items]).mul(255).round().to(torch.uint8)
 
 
 def draws_up_front(steps: int, batch_size: int, split: str = "train") -> bool:
