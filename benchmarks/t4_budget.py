@@ -160,7 +160,7 @@ def recipe_loss(name: str, config: RecipeConfig):
     "The loss `fit` trains recipe `name` with (the text-to-image models compute their own)."
     if name == "miniclip":
         return clip_step_loss(build_tokenizer(), config.train.hard_negatives, 0)
-    return {"judge": judge_loss, "vqvae": vqvae_loss}.get(name, lambda model, batch: model.loss(batch))
+    return {"judge": judge_loss, "vqvae": vqvae_loss}.get(name, lambda model, batch: model(batch))
 
 
 def train_step_tflop(name: str, config: RecipeConfig, n: int) -> float:

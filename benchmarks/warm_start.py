@@ -30,7 +30,7 @@ def continued(name: str, change: str, steps: int, lr: float):
     trainable = model.trainable()
     averaged = ema_model(trainable, 0.999)
     loader = storyworld_loader("train", batch_size=64, seed=1, lang="both")
-    fit(model, lambda m, batch: m.loss(batch), loader, steps, lr=lr, warmup=min(50, steps), desc=change,
+    fit(model, lambda m, batch: m(batch), loader, steps, lr=lr, warmup=min(50, steps), desc=change,
         on_step=lambda step, batch: averaged.update_parameters(trainable))
     trainable.load_state_dict(averaged.module.state_dict())
     return model.eval()
