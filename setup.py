@@ -47,7 +47,7 @@ setuptools.setup(
     package_data={"storyteller": ["checkpoints/*.safetensors", "checkpoints/*.json",
                                  "checkpoints/characters/*/*"]},
     install_requires=requirements,
-    extras_require={"dev": dev_requirements, "gpu": gpu_requirements,
+    extras_require={"dev": dev_requirements + colab_requirements, "gpu": gpu_requirements,
                     "colab": colab_requirements + gpu_requirements},
     python_requires=">=" + cfg["min_python"],
     long_description=open("README.md", encoding="utf-8").read(),

@@ -164,6 +164,10 @@ def test_the_wheel_declares_the_floors_and_extras(venv):
 
     assert extra("gpu") == {"bitsandbytes": ">=0.46.1"} and extra("colab")["bitsandbytes"] == ">=0.46.1"
     assert extra("colab")["transformers"] == "==" + version("transformers")
+    # the dev extra installs the same pins, so a fresh clone's CI (and a contributor's virtualenv) runs the versions
+    # Colab gets, whatever newer ones the index offers
+    pins = {r.name: str(r.specifier) for r in map(Requirement, shlex.split(settings("colab_requirements")))}
+    assert {name: extra("dev").get(name) for name in pins} == pins
 
 
 def test_the_install_cell_installs_a_wheel_that_works(venv):
