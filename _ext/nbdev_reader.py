@@ -15,9 +15,11 @@ from pathlib import Path
 import nbformat
 from nbdev.process import extract_directives
 
-# nbdev directive -> myst-nb tag. Directives map on their name; `eval: false` and friends on value.
+# nbdev directive -> myst-nb tag. Directives map on their name; `eval: false` and friends on value; Quarto's
+# `code-fold: true` folds a cell's code behind a toggle (regression tests a reader may open, but need not read).
 _TAG_FOR = {"hide": "remove-cell", "default_exp": "remove-cell"}
 _TAG_FOR_FALSE = {"eval": "skip-execution", "echo": "remove-input", "output": "remove-output"}
+_TAG_FOR_TRUE = {"code-fold": "hide-input"}
 _DIRECTIVE_LINE = re.compile(r"^\s*#\|")
 
 
@@ -25,10 +27,11 @@ def _tags_for(directives: dict) -> list[str]:
     "The myst-nb tags that stand for a cell's nbdev directives."
     directives = {name.rstrip(":"): value for name, value in directives.items()}  # Quarto style: `eval: false`
     tags = [_TAG_FOR[d] for d in directives if d in _TAG_FOR]
-    for name, tag in _TAG_FOR_FALSE.items():
-        value = directives.get(name)
-        if value is not None and " ".join(value).strip().lower() == "false":
-            tags.append(tag)
+    for wanted, mapping in (("false", _TAG_FOR_FALSE), ("true", _TAG_FOR_TRUE)):
+        for name, tag in mapping.items():
+            value = directives.get(name)
+            if value is not None and " ".join(value).strip().lower() == wanted:
+                tags.append(tag)
     return tags
 
 

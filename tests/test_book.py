@@ -51,6 +51,21 @@ def test_the_execution_cache_is_dropped_when_the_library_changes(tmp_path, monke
     assert not cache.exists()  # so did the profile
 
 
+def test_reader_maps_nbdev_and_quarto_directives_to_book_tags():
+    "What a page shows of a cell follows its directives: removed, input removed, not run, or folded behind a toggle."
+    import nbformat
+    sys.path.insert(0, str(ROOT / "_ext"))
+    from nbdev_reader import read_nbdev
+
+    sources = ["#| hide\nx = 1", "#| echo: false\nx = 2", "#| eval: false\nx = 3", "#| code-fold: true\nx = 4",
+               "#| code-fold: false\nx = 5", "x = 6"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    cells = read_nbdev(nbformat.writes(nb)).cells
+    assert [c.metadata.get("tags", []) for c in cells] == [["remove-cell"], ["remove-input"], ["skip-execution"],
+                                                           ["hide-input"], [], []]
+    assert [c.source for c in cells] == [f"x = {i}" for i in range(1, 7)]  # no directive line reaches the page
+
+
 @pytest.mark.book
 def test_book_builds_and_every_chapter_executes(book):
     for name in CHAPTERS:
