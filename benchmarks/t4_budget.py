@@ -41,6 +41,7 @@ import storyteller.world.data as storyworld_data
 from storyteller.core import PROFILES, RecipeConfig, fit
 from storyteller.models.diffusion import SAMPLER_SWEEP
 from storyteller.models.foundations import clip_step_loss, evaluate_miniclip
+from storyteller.models.tokens import evaluate_token_prior
 from storyteller.models.vqgan import PerceptualLoss, fit_vqgan, miniclip_perceptual
 from storyteller.models.vqvae import evaluate_vqvae, vqvae_loss
 from storyteller.recipes import get_recipe, load_shipped, resolve_config
@@ -182,9 +183,11 @@ def recipe_cost(name: str, n: int, judge, **overrides) -> RecipeCost:
         "judge": lambda k: evaluate_judge(model, "test", k, size),
         "miniclip": lambda k: evaluate_miniclip(model, k, "en", size),
         "vqvae": lambda k: evaluate_vqvae(model, k, size, judge=judge),
-        "vqgan": lambda k: evaluate_vqvae(model, k, size, judge=judge)}
+        "vqgan": lambda k: evaluate_vqvae(model, k, size, judge=judge),
+        "prior": lambda k: evaluate_token_prior(model, k, judge=judge, guidance_scale=config.eval.guidance_scale)}
     if name in evaluations:
-        eval_tflop, eval_renders = measured_eval(lambda: evaluations[name](32), config.eval.eval_size / 32)
+        size_of_eval = config.eval.eval_prompts if name == "prior" else config.eval.eval_size
+        eval_tflop, eval_renders = measured_eval(lambda: evaluations[name](32), size_of_eval / 32)
     else:
         eval_tflop, eval_renders = text_to_image_eval(model, config, judge)
     return RecipeCost(name, train.steps, train.batch_size, size, train_step_tflop(name, config, n) * train.steps,
@@ -249,6 +252,8 @@ CHAPTERS = {
                          sampling=[("unet", 256, 50), ("unet", 256, 25), ("unet", 24, 50), ("unet", 160, 10)]),
     "05 DiT": dict(trains=["dit"], needs=["miniclip", "vqgan", "unet"], live=[("dit", dict(dim=64, depth=2), 300)],
                    sampling=[("dit", 512, 50), ("dit", 24, 50), ("dit", 256, 25), ("unet", 256, 50), ("unet", 256, 25)]),
+    "05b Tokens": dict(trains=["prior"], needs=["miniclip", "vqgan"], live=[("prior", dict(dim=64, depth=2), 300)],
+                       sampling=[]),
     "06 LoRA": dict(trains=[], needs=["miniclip", "unet"], live=[("unet", {"batch_size": 32}, 800)],
                     sampling=[("unet", 896, 50), ("unet", 768, 50)]),
 }
@@ -294,7 +299,7 @@ def calibrate(steps: int, count_batch: int) -> None:
     from storyteller.core import get_device
 
     print(f"| recipe (gpu config) | TFLOP per step | s per step on {get_device()} | TFLOP/s |\n|---|---|---|---|")
-    for name in ("judge", "miniclip", "vqvae", "vqgan", "unet", "dit"):
+    for name in ("judge", "miniclip", "vqvae", "vqgan", "unet", "dit", "prior"):
         config = resolve_config(get_recipe(name), GPU)
         tflop = train_step_tflop(name, config.override(disc_start=0) if name == "vqgan" else config, count_batch)
         seconds = seconds_per_step(name, config, steps)
@@ -331,7 +336,7 @@ def main(argv=None) -> int:
     rates["drawn"] = 40 * 128 / (time.perf_counter() - start)
 
     costs = {name: recipe_cost(name, args.count_batch * (2 if name == "miniclip" else 1), judge)
-             for name in ("judge", "miniclip", "vqvae", "vqgan", "unet", "dit")}
+             for name in ("judge", "miniclip", "vqvae", "vqgan", "unet", "dit", "prior")}
     steps = {}
     for chapter in CHAPTERS.values():
         for name, overrides, _ in chapter["live"]:

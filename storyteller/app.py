@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastcore.basics import patch
 from PIL import Image
 
 from .integration.adapters import Capability, image_batch
@@ -57,6 +58,7 @@ APP_CONFIG = _with_illustrator(OFFLINE_CONFIG, {"name": "illustrator", "type": "
 APP_GPU_CONFIG = _with_illustrator(GPU_CONFIG, {"name": "illustrator", "type": "character-illustrator", "device": "cuda"})
 
 
+# %% ../nbs/08_storyteller.ipynb #da1828ee
 class StorytellerAI:
     """Writes, illustrates, questions and saves one story at a time, in English or Chinese, through a coordinator of
     chapter 7 (by default `APP_CONFIG`: the book's own models, offline). Pictures come from a generator or, given a `pool`,
@@ -69,7 +71,6 @@ class StorytellerAI:
         self.pool = pool
         self.story: Story | None = None
 
-    # --- the story and its parts ----------------------------------------------------------------------------------
     def set_language(self, language: str) -> None:
         "Switch the language of everything written from now on (and of the current story)."
         self.language = check_language(language)
@@ -96,158 +97,200 @@ class StorytellerAI:
             raise StoryError(f"scene {index} does not exist: the story has {len(scenes)} scene(s)")
         return scenes[index]
 
-    def add_character(self, name: str, description: str | None = None, image: Image.Image | None = None) -> Character:
-        "A new character; with a picture and no description, the description is read from the picture."
-        if name in self.current.characters:
-            raise StoryError(f"the story already has a character named {name!r}")
-        if description is None:
-            if image is None:
-                raise StoryError(f"character {name!r} needs a description, a picture, or both")
-            description = self.coordinator.caption([image], "short", self.language)[0]
-        character = self.current.characters[name] = Character(name, description, image)
-        return character
 
-    def add_scene(self, text: str = "", image: Image.Image | None = None, characters: list[str] | None = None) -> int:
-        "A new scene at the end; a picture given with it is described. Returns its index."
-        names = characters if characters is not None else self._names_in(text)
-        unknown = [n for n in names if n not in self.current.characters]
-        if unknown:
-            raise StoryError(f"scene names {unknown}, who are not characters of the story")
-        description = self.coordinator.caption([image], "detailed", self.language)[0] if image is not None else ""
-        self.current.scenes.append(StoryScene(text, image, "user" if image is not None else None, description, names))
-        return len(self.current.scenes) - 1
+# %% ../nbs/08_storyteller.ipynb #cdf2b413
+@patch
+def add_character(self: StorytellerAI, name: str, description: str | None = None, image: Image.Image | None = None) -> Character:
+    "A new character; with a picture and no description, the description is read from the picture."
+    if name in self.current.characters:
+        raise StoryError(f"the story already has a character named {name!r}")
+    if description is None:
+        if image is None:
+            raise StoryError(f"character {name!r} needs a description, a picture, or both")
+        description = self.coordinator.caption([image], "short", self.language)[0]
+    character = self.current.characters[name] = Character(name, description, image)
+    return character
 
-    def can_learn_characters(self) -> bool:
-        "Whether the illustrator this story would use can learn characters (`Capability.CHARACTER_LEARNING`)."
-        return self.coordinator.can(Capability.CHARACTER_LEARNING, Capability.IMAGE_GENERATION, self.language)
 
-    def teach_character(self, name: str, steps: int = 150, progress: bool = True) -> Path:
-        """Give the illustrator an adapter for character `name`, so that it looks the same in every picture (shipped or
-        cached adapters load at once; a new look trains for `steps` steps). Returns the adapter's folder."""
-        if name not in self.current.characters:
-            raise StoryError(f"no character named {name!r}; the story has {', '.join(self.current.characters) or 'none'}")
-        look = character_look(name, self.current.characters[name].description)
-        if not self.can_learn_characters():
-            able = " or ".join(map(repr, types_with(Capability.CHARACTER_LEARNING)))
-            raise StoryError(f"the story's illustrator cannot learn characters: give the config a model that can (type {able})")
-        return self.coordinator.learn_character(look, self.language, steps=steps, progress=progress)
+@patch
+def can_learn_characters(self: StorytellerAI) -> bool:
+    "Whether the illustrator this story would use can learn characters (`Capability.CHARACTER_LEARNING`)."
+    return self.coordinator.can(Capability.CHARACTER_LEARNING, Capability.IMAGE_GENERATION, self.language)
 
-    def story_prompt(self, names: list[str] | None = None, extra: str = "") -> str:
-        "The prompt for the writer: the story's characters (or `names`), hero first, with their looks, in the story's language."
-        cast = {n: self.current.characters[n].description for n in (names or list(self.current.characters))}
-        request = story_request(cast, self.language) if cast else self.current.prompt or self.current.title
-        return " ".join(filter(None, [request, extra]))
 
-    def _names_in(self, text: str) -> list[str]:
-        "The story's characters a text names (as a whole word, or in Chinese by its StoryWorld transcription)."
-        return [n for n in self.current.characters if name_at(n, text) is not None]
+@patch
+def teach_character(self: StorytellerAI, name: str, steps: int = 150, progress: bool = True) -> Path:
+    """Give the illustrator an adapter for character `name`, so that it looks the same in every picture (shipped or
+    cached adapters load at once; a new look trains for `steps` steps). Returns the adapter's folder."""
+    if name not in self.current.characters:
+        raise StoryError(f"no character named {name!r}; the story has {', '.join(self.current.characters) or 'none'}")
+    look = character_look(name, self.current.characters[name].description)
+    if not self.can_learn_characters():
+        able = " or ".join(map(repr, types_with(Capability.CHARACTER_LEARNING)))
+        raise StoryError(f"the story's illustrator cannot learn characters: give the config a model that can (type {able})")
+    return self.coordinator.learn_character(look, self.language, steps=steps, progress=progress)
 
-    def write_story(self, prompt: str | None = None, illustrate: str | None = "generate") -> list[int]:
-        "Ask the writer for a story and add a scene per paragraph (illustrated, unless `illustrate` is None); their indices."
-        prompt = prompt or self.story_prompt()
-        first = len(self.current.scenes)
-        written = paragraphs(self.coordinator.write_story(prompt))
-        if not written:
-            raise StoryError(f"the writer returned no text for {prompt!r}")
-        for paragraph in written:
-            self.current.scenes.append(StoryScene(paragraph, characters=self._names_in(paragraph)))
-        indices = list(range(first, len(self.current.scenes)))
-        if illustrate is not None:
-            self.illustrate_scenes(indices, illustrate)
-        return indices
 
-    def generate_scene_content(self, index: int) -> str:
-        "New text for scene `index`, about its characters (an opening for the first scene, a middle part otherwise)."
-        scene = self.scene(index)
-        cast = scene.characters + [n for n in self.current.characters if n not in scene.characters]  # its own first
-        written = paragraphs(self.coordinator.write_story(self.story_prompt(cast, f"({index + 1})")))
-        if not written:
-            raise StoryError(f"the writer returned no text for scene {index}")
-        scene.text = written[0] if index == 0 or len(written) < 3 else written[1 + (index - 1) % (len(written) - 2)]
-        scene.characters = self._names_in(scene.text) or scene.characters
-        return scene.text
+# %% ../nbs/08_storyteller.ipynb #64929ecb
+@patch
+def story_prompt(self: StorytellerAI, names: list[str] | None = None, extra: str = "") -> str:
+    "The prompt for the writer: the story's characters (or `names`), hero first, with their looks, in the story's language."
+    cast = {n: self.current.characters[n].description for n in (names or list(self.current.characters))}
+    request = story_request(cast, self.language) if cast else self.current.prompt or self.current.title
+    return " ".join(filter(None, [request, extra]))
 
-    def illustration_prompt(self, scene: StoryScene) -> str:
-        "What the illustrator is asked to draw for `scene` (`world.text.drawing_prompt` of its text and characters)."
-        return drawing_prompt(scene.text, {n: self.current.characters[n].description for n in scene.characters},
-                              self.language)
 
-    def illustrate_scenes(self, indices: list[int], mode: str = "generate") -> list[Image.Image]:
-        """Pictures for the scenes at `indices`, drawn (`generate`) or found in the pool (`retrieve`), in one batch;
-        each picture's description is read back."""
-        if mode not in ("generate", "retrieve"):
-            raise StoryError(f"unknown illustration mode {mode!r}; modes: generate, retrieve")
-        if mode == "retrieve" and not self.pool:
-            raise StoryError("illustrating by retrieval needs a pool of pictures: StorytellerAI(pool=[...])")
-        scenes = [self.scene(i) for i in indices]
-        if not scenes:
-            return []
-        prompts = [self.illustration_prompt(s) for s in scenes]
-        if not all(prompts):
-            raise StoryError("a scene without text or characters cannot be illustrated: write its content first")
-        pictures = self.coordinator.illustrate(prompts, self.pool if mode == "retrieve" else None)
-        descriptions = self.coordinator.caption(pictures, "detailed", self.language)
-        for scene, picture, description in zip(scenes, pictures, descriptions, strict=True):
-            scene.image, scene.image_source, scene.description = picture, "generated" if mode == "generate" else "retrieved", description
-        return pictures
+@patch
+def _names_in(self: StorytellerAI, text: str) -> list[str]:
+    "The story's characters a text names (as a whole word, or in Chinese by its StoryWorld transcription)."
+    return [n for n in self.current.characters if name_at(n, text) is not None]
 
-    def illustrate_scene(self, index: int, mode: str = "generate") -> Image.Image:
-        "A picture for scene `index`: drawn (`generate`) or the closest one in the pool (`retrieve`)."
-        return self.illustrate_scenes([index], mode)[0]
 
-    def ask(self, index: int, question: str) -> str:
-        "The answer to a question about scene `index`'s picture (kept with the scene)."
-        scene = self.scene(index)
-        if scene.image is None:
-            raise StoryError(f"scene {index} has no picture to ask about: illustrate it or give it one")
-        answer = self.coordinator.answer([scene.image], [question])[0]
-        scene.questions.append((question, answer))
-        return answer
+@patch
+def add_scene(self: StorytellerAI, text: str = "", image: Image.Image | None = None, characters: list[str] | None = None) -> int:
+    "A new scene at the end; a picture given with it is described. Returns its index."
+    names = characters if characters is not None else self._names_in(text)
+    unknown = [n for n in names if n not in self.current.characters]
+    if unknown:
+        raise StoryError(f"scene names {unknown}, who are not characters of the story")
+    description = self.coordinator.caption([image], "detailed", self.language)[0] if image is not None else ""
+    self.current.scenes.append(StoryScene(text, image, "user" if image is not None else None, description, names))
+    return len(self.current.scenes) - 1
 
-    def suggest_question(self, index: int) -> str:
-        """A question about scene `index`'s picture that changes from scene to scene: in turn where a character of the
-        scene is, its colour, its size, its shape, and the background, the character named by its look."""
-        looks = [look_words(self.current.characters[n].description) for n in self.scene(index).characters]
-        looks = [look for look in looks if len(look) == 3]
-        look = looks[(index // len(QUESTION_CYCLE)) % len(looks)] if looks else None
-        return look_question(QUESTION_CYCLE[index % len(QUESTION_CYCLE)], look, self.language)
 
-    def continue_story(self, text: str, image: Image.Image | None = None, illustrate: str | None = "generate") -> int:
-        """Add the reader's part (text, and a picture if given), then a new scene that follows it; the new scene's index.
-        Both get a picture (unless `illustrate` is None): the reader's own, or one drawn for the reader's text."""
-        reader = self.add_scene(text, image)
-        names = self._names_in(text) or list(self.current.characters)[:1]
-        index = len(self.current.scenes)
-        self.current.scenes.append(StoryScene(characters=names))
-        self.generate_scene_content(index)
-        if illustrate is not None:
-            self.illustrate_scenes(([reader] if image is None else []) + [index], illustrate)
-        return index
+@patch
+def write_story(self: StorytellerAI, prompt: str | None = None, illustrate: str | None = "generate") -> list[int]:
+    "Ask the writer for a story and add a scene per paragraph (illustrated, unless `illustrate` is None); their indices."
+    prompt = prompt or self.story_prompt()
+    first = len(self.current.scenes)
+    written = paragraphs(self.coordinator.write_story(prompt))
+    if not written:
+        raise StoryError(f"the writer returned no text for {prompt!r}")
+    for paragraph in written:
+        self.current.scenes.append(StoryScene(paragraph, characters=self._names_in(paragraph)))
+    indices = list(range(first, len(self.current.scenes)))
+    if illustrate is not None:
+        self.illustrate_scenes(indices, illustrate)
+    return indices
 
-    def visualise_character(self, name: str) -> Image.Image:
-        "A portrait of character `name` from its look (alone, in a meadow), kept as the character's picture."
-        if name not in self.current.characters:
-            raise StoryError(f"no character named {name!r}; the story has {', '.join(self.current.characters) or 'none'}")
-        character = self.current.characters[name]
-        look = look_words(character.description)
-        prompt = character.description if len(look) < 3 else caption(  # a portrait: the character alone, in the middle
-            Scene("meadow", (Actor(look["shape"], look["colour"], look["size"], "centre", storyworld_name(name)),)))
-        character.image = self.coordinator.illustrate([prompt])[0]
-        return character.image
 
-    def assemble(self) -> str:
-        "The complete story as text: the title, then each scene's text."
-        return "\n\n".join([self.current.title, *(s.text for s in self.current.scenes if s.text)])
+# %% ../nbs/08_storyteller.ipynb #40ecb3e2
+@patch
+def generate_scene_content(self: StorytellerAI, index: int) -> str:
+    "New text for scene `index`, about its characters (an opening for the first scene, a middle part otherwise)."
+    scene = self.scene(index)
+    cast = scene.characters + [n for n in self.current.characters if n not in scene.characters]  # its own first
+    written = paragraphs(self.coordinator.write_story(self.story_prompt(cast, f"({index + 1})")))
+    if not written:
+        raise StoryError(f"the writer returned no text for scene {index}")
+    scene.text = written[0] if index == 0 or len(written) < 3 else written[1 + (index - 1) % (len(written) - 2)]
+    scene.characters = self._names_in(scene.text) or scene.characters
+    return scene.text
 
-    def save(self, folder: str | Path) -> Path:
-        "Save the story as a folder (story.json, images/, story.md, story.html)."
-        return save_story(self.current, folder)
 
-    def load(self, folder: str | Path) -> Story:
-        "Load a saved story and make it the current one (its language too)."
-        self.story = load_story(folder)
-        self.language = self.story.language
-        return self.story
+# %% ../nbs/08_storyteller.ipynb #8f8c2ffa
+@patch
+def illustration_prompt(self: StorytellerAI, scene: StoryScene) -> str:
+    "What the illustrator is asked to draw for `scene` (`world.text.drawing_prompt` of its text and characters)."
+    return drawing_prompt(scene.text, {n: self.current.characters[n].description for n in scene.characters},
+                          self.language)
+
+
+@patch
+def illustrate_scenes(self: StorytellerAI, indices: list[int], mode: str = "generate") -> list[Image.Image]:
+    """Pictures for the scenes at `indices`, drawn (`generate`) or found in the pool (`retrieve`), in one batch;
+    each picture's description is read back."""
+    if mode not in ("generate", "retrieve"):
+        raise StoryError(f"unknown illustration mode {mode!r}; modes: generate, retrieve")
+    if mode == "retrieve" and not self.pool:
+        raise StoryError("illustrating by retrieval needs a pool of pictures: StorytellerAI(pool=[...])")
+    scenes = [self.scene(i) for i in indices]
+    if not scenes:
+        return []
+    prompts = [self.illustration_prompt(s) for s in scenes]
+    if not all(prompts):
+        raise StoryError("a scene without text or characters cannot be illustrated: write its content first")
+    pictures = self.coordinator.illustrate(prompts, self.pool if mode == "retrieve" else None)
+    descriptions = self.coordinator.caption(pictures, "detailed", self.language)
+    for scene, picture, description in zip(scenes, pictures, descriptions, strict=True):
+        scene.image, scene.image_source, scene.description = picture, "generated" if mode == "generate" else "retrieved", description
+    return pictures
+
+
+@patch
+def illustrate_scene(self: StorytellerAI, index: int, mode: str = "generate") -> Image.Image:
+    "A picture for scene `index`: drawn (`generate`) or the closest one in the pool (`retrieve`)."
+    return self.illustrate_scenes([index], mode)[0]
+
+
+# %% ../nbs/08_storyteller.ipynb #4328c11d
+@patch
+def ask(self: StorytellerAI, index: int, question: str) -> str:
+    "The answer to a question about scene `index`'s picture (kept with the scene)."
+    scene = self.scene(index)
+    if scene.image is None:
+        raise StoryError(f"scene {index} has no picture to ask about: illustrate it or give it one")
+    answer = self.coordinator.answer([scene.image], [question])[0]
+    scene.questions.append((question, answer))
+    return answer
+
+
+@patch
+def suggest_question(self: StorytellerAI, index: int) -> str:
+    """A question about scene `index`'s picture that changes from scene to scene: in turn where a character of the
+    scene is, its colour, its size, its shape, and the background, the character named by its look."""
+    looks = [look_words(self.current.characters[n].description) for n in self.scene(index).characters]
+    looks = [look for look in looks if len(look) == 3]
+    look = looks[(index // len(QUESTION_CYCLE)) % len(looks)] if looks else None
+    return look_question(QUESTION_CYCLE[index % len(QUESTION_CYCLE)], look, self.language)
+
+
+# %% ../nbs/08_storyteller.ipynb #d43d52e3
+@patch
+def continue_story(self: StorytellerAI, text: str, image: Image.Image | None = None, illustrate: str | None = "generate") -> int:
+    """Add the reader's part (text, and a picture if given), then a new scene that follows it; the new scene's index.
+    Both get a picture (unless `illustrate` is None): the reader's own, or one drawn for the reader's text."""
+    reader = self.add_scene(text, image)
+    names = self._names_in(text) or list(self.current.characters)[:1]
+    index = len(self.current.scenes)
+    self.current.scenes.append(StoryScene(characters=names))
+    self.generate_scene_content(index)
+    if illustrate is not None:
+        self.illustrate_scenes(([reader] if image is None else []) + [index], illustrate)
+    return index
+
+
+@patch
+def visualise_character(self: StorytellerAI, name: str) -> Image.Image:
+    "A portrait of character `name` from its look (alone, in a meadow), kept as the character's picture."
+    if name not in self.current.characters:
+        raise StoryError(f"no character named {name!r}; the story has {', '.join(self.current.characters) or 'none'}")
+    character = self.current.characters[name]
+    look = look_words(character.description)
+    prompt = character.description if len(look) < 3 else caption(  # a portrait: the character alone, in the middle
+        Scene("meadow", (Actor(look["shape"], look["colour"], look["size"], "centre", storyworld_name(name)),)))
+    character.image = self.coordinator.illustrate([prompt])[0]
+    return character.image
+
+
+@patch
+def assemble(self: StorytellerAI) -> str:
+    "The complete story as text: the title, then each scene's text."
+    return "\n\n".join([self.current.title, *(s.text for s in self.current.scenes if s.text)])
+
+
+@patch
+def save(self: StorytellerAI, folder: str | Path) -> Path:
+    "Save the story as a folder (story.json, images/, story.md, story.html)."
+    return save_story(self.current, folder)
+
+
+@patch
+def load(self: StorytellerAI, folder: str | Path) -> Story:
+    "Load a saved story and make it the current one (its language too)."
+    self.story = load_story(folder)
+    self.language = self.story.language
+    return self.story
 
 
 # %% ../nbs/08_storyteller.ipynb #d570745d

@@ -32,18 +32,7 @@ def check_choice(name: str, value: Any, valid: Iterable, error: type[Storyteller
     return value
 
 
-def _type_name(kind: Any) -> str:
-    "How an error names a field's type: `int`, `float or None`, `tuple of int`, one of a `Literal`'s values."
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin is Literal:
-        return "one of " + ", ".join(map(repr, args))
-    if origin in (Union, types.UnionType):
-        return " or ".join("None" if a is type(None) else _type_name(a) for a in args)
-    if origin is tuple:
-        return f"a tuple of {_type_name(args[0])}"
-    return getattr(kind, "__name__", str(kind))
-
-
+# %% ../nbs/A0_checks.ipynb #ca2ac5b0
 def check_value(label: str, value: Any, kind: Any) -> Any:
     """`value` as a field of type `kind` holds it, read as a config reads it: an int does for a float (and becomes
     one), a list for a tuple, a mapping for a dataclass; a bool is not a number. Anything else is a `ConfigError`
@@ -75,6 +64,20 @@ def check_value(label: str, value: Any, kind: Any) -> Any:
     raise ConfigError(f"{label} is {value!r}; it must be {_type_name(kind)}")
 
 
+# %% ../nbs/A0_checks.ipynb #791cbaf2
+def _type_name(kind: Any) -> str:
+    "How an error names a field's type: `int`, `float or None`, `tuple of int`, one of a `Literal`'s values."
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (Union, types.UnionType):
+        return " or ".join("None" if a is type(None) else _type_name(a) for a in args)
+    if origin is tuple:
+        return f"a tuple of {_type_name(args[0])}"
+    return getattr(kind, "__name__", str(kind))
+
+
+# %% ../nbs/A0_checks.ipynb #e3751c5b
 def from_fields(kind: type, fields: Any, label: str = "config") -> Any:
     """An instance of the dataclass `kind` from a mapping of its fields, each checked against its annotation; an
     unknown or missing field is a `ConfigError` naming it (a field with a default may be left out)."""

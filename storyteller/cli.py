@@ -36,6 +36,7 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"storyteller: error: {message} (see `{self.prog} --help`)\n")
 
 
+# %% ../nbs/A2_cli.ipynb #6052740a
 def build_parser() -> argparse.ArgumentParser:
     "The argument parser of the `storyteller` command."
     parser = OneLineParser(prog="storyteller", description="The storyteller course library.")
@@ -130,6 +131,7 @@ def _demo(args: argparse.Namespace) -> str:
     return f"wrote {args.out / 'story.json'}, {len(list((args.out / 'images').iterdir()))} pictures and {args.out / 'story.html'}"
 
 
+# %% ../nbs/A2_cli.ipynb #fd128ddd
 def _tell(args: argparse.Namespace) -> str:
     """Run `storyteller tell`: a story for a prompt, written and illustrated by the models of a config, kept within 85%
     of the GPU's memory (`gpu_budget`; no budget without CUDA), so a model that does not fit evicts another."""

@@ -60,7 +60,7 @@ def synchronize(device: torch.device) -> None:
     elif device.type == "mps":
         torch.mps.synchronize()
 
-
+# %% ../nbs/A1_core.ipynb #c6993921
 @dataclass(frozen=True)
 class Profile:
     """The sizes a chapter runs at: `cpu` fits 4 minutes on 2 cores; `gpu` fits a chapter's own training in 20 minutes
@@ -94,7 +94,7 @@ def get_profile(name: str | None = None) -> Profile:
     profile = PROFILES[name]
     return profile if step_cap() is None else replace(profile, live_steps=capped(profile.live_steps))
 
-
+# %% ../nbs/A1_core.ipynb #26c0d60e
 def step_cap() -> int | None:
     """`STORYTELLER_STEP_CAP`, for a smoke run: the loops a profile sizes (training steps of recipes and live runs,
     sampling steps of evaluations) stop after at most this many steps, so a whole chapter runs in minutes at any
@@ -118,7 +118,6 @@ def claim(holds: bool, evidence: Any = None) -> None:
     so the claim is evaluated (its code runs) but not enforced."""
     if not holds and step_cap() is None:
         raise AssertionError(evidence)
-
 
 # %% ../nbs/A1_core.ipynb #c85ee359
 def seed_everything(seed: int = 0) -> torch.Generator:
@@ -154,7 +153,7 @@ class History:
         ax.set_xlabel("step"); ax.set_ylabel(label); ax.legend()
         return ax
 
-
+# %% ../nbs/A1_core.ipynb #6d71175d
 def cycle(loader: Iterable) -> Iterator:
     "Iterate over `loader` again and again, so training is counted in steps rather than epochs."
     while True:
@@ -182,7 +181,6 @@ def default_mixed_precision() -> str:
 def native_bf16() -> bool:
     "Whether this machine's GPU computes bfloat16 natively (Ampere and later do; a T4 only emulates it, slowly)."
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-
 
 # %% ../nbs/A1_core.ipynb #73f4efdd
 def _accelerator(mixed_precision: str | None, grad_accum: int):
@@ -219,7 +217,7 @@ def _log_step(history: History, accelerator, loss: torch.Tensor, logs: dict, bar
     recent = history.losses[-20:]
     bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
 
-
+# %% ../nbs/A1_core.ipynb #8d8265d9
 def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterable, steps: int, *,
         lr: float = 1e-3, weight_decay: float = 0.0, warmup: int = 0, max_grad_norm: float | None = 1.0,
         grad_accum: int = 1, mixed_precision: str | None = None, progress: bool = True, desc: str = "train",
@@ -257,7 +255,6 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Iterab
     history.seconds = time.perf_counter() - start
     accelerator.unwrap_model(prepared, keep_fp32_wrapper=False).eval()  # drop accelerate's autocast wrapper
     return history
-
 
 # %% ../nbs/A1_core.ipynb #fe1fc380
 def process_state():
@@ -372,7 +369,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, provenance: dict | None 
         raise CheckpointError(f"{path}: cannot write the checkpoint ({e.strerror or e})") from e
     return path
 
-
+# %% ../nbs/A1_core.ipynb #6f45a4d2
 def read_provenance(path: str | Path) -> dict:
     "The provenance record stored beside checkpoint `path`."
     json_path = Path(path).with_suffix(".json")
@@ -480,7 +477,7 @@ def _fields_of(section: Any) -> dict:
     "A dataclass's fields as a mapping, nested dataclasses kept as they are."
     return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
 
-
+# %% ../nbs/A1_core.ipynb #a141d02e
 @dataclass(frozen=True, kw_only=True)
 class RecipeConfig:
     """A recipe's config in sections: `model` (what the constructor takes), `data` (what the model learns from),
@@ -556,7 +553,6 @@ class RecipeConfig:
             raise ConfigError(f"{label}: expected a mapping of fields, got {type(stored).__name__}")
         layered = set(stored) <= set(cls.sections()) and "model" in stored
         return cls.from_dict(stored, label) if layered else cls.from_flat(stored, label)
-
 
 # %% ../nbs/A1_core.ipynb #e8b3d3ab
 @dataclass(frozen=True)

@@ -18,6 +18,13 @@ from typing import Iterator
 
 from torch import nn
 
+
+# %% auto #0
+__all__ = ['RECIPES', 'DISTRIBUTED_VARIABLES', 'UnknownRecipe', 'get_recipe', 'register_recipe', 'capped_config',
+           'resolve_config', 'config_of', 'load_from', 'load_shipped', 'built_on', 'needed_models', 'train_model',
+           'lineage', 'total_steps', 'describe_provenance', 'load_or_train', 'results_model', 'train_alone']
+
+# %% ../nbs/A1b_recipes.ipynb #04fcf492
 from .checks import ConfigError, StorytellerError
 from storyteller.core import (
     SHIPPED_DIR,
@@ -40,13 +47,16 @@ from storyteller.core import (
 )
 from .models.diffusion import unet_recipe
 from .models.dit import dit_recipe
+from .models.tokens import token_prior_recipe
 from .models.foundations import miniclip_recipe
 from .models.vqgan import vqgan_recipe
 from .models.vqvae import vqvae_recipe
 from .world.judge import judge_recipe
 
+
+# %% ../nbs/A1b_recipes.ipynb #c5b7a3a2
 RECIPES: dict[str, Recipe] = {r.name: r for r in (judge_recipe, miniclip_recipe, vqvae_recipe, vqgan_recipe,
-                                                  unet_recipe, dit_recipe)}
+                                                  unet_recipe, dit_recipe, token_prior_recipe)}
 
 
 class UnknownRecipe(StorytellerError, KeyError):
@@ -65,11 +75,6 @@ def register_recipe(recipe: Recipe) -> Recipe:
     RECIPES[recipe.name] = recipe
     return recipe
 
-
-# %% auto #0
-__all__ = ['RECIPES', 'DISTRIBUTED_VARIABLES', 'UnknownRecipe', 'get_recipe', 'register_recipe', 'capped_config',
-           'resolve_config', 'config_of', 'load_from', 'load_shipped', 'built_on', 'needed_models', 'train_model',
-           'lineage', 'total_steps', 'describe_provenance', 'load_or_train', 'results_model', 'train_alone']
 
 # %% ../nbs/A1b_recipes.ipynb #9c21819f
 def capped_config(config: RecipeConfig) -> RecipeConfig:
@@ -113,6 +118,7 @@ def load_shipped(name: str) -> tuple[nn.Module, dict]:
     return load_from(name, SHIPPED_DIR / f"{name}.safetensors")
 
 
+# %% ../nbs/A1b_recipes.ipynb #85858566
 def built_on(provenance: dict) -> dict:
     "What the provenance of a model keeps of each model it was trained with: its steps, date, commit and config."
     return {"steps": total_steps(provenance), "created": provenance["created"], "git_commit": provenance.get("git_commit"),
@@ -138,6 +144,7 @@ def needed_models(recipe: Recipe, config: RecipeConfig, profile: Profile) -> tup
     return models, records
 
 
+# %% ../nbs/A1b_recipes.ipynb #b3b55fe2
 def train_model(name: str, out: str | Path | None = None, profile: Profile | None = None,
                 resume: str | Path | None = None, config: RecipeConfig | None = None,
                 **overrides) -> tuple[nn.Module, dict]:

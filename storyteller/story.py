@@ -25,13 +25,12 @@ from .world.text import LANGUAGES
 
 
 # %% auto #0
-__all__ = ['SCHEMA_VERSION', 'IMAGE_SOURCES', 'PNG_MODES', 'MAX_PICTURE_PIXELS', 'MAX_STORY_BYTES', 'StoryError',
-           'check_language', 'Character', 'StoryScene', 'Story', 'image_paths', 'png_ready', 'png_bytes',
-           'story_record', 'story_from_record', 'story_files', 'save_story', 'read_record', 'load_story', 'to_markdown',
-           'to_html']
+__all__ = ['IMAGE_SOURCES', 'PNG_MODES', 'SCHEMA_VERSION', 'MAX_STORY_BYTES', 'MAX_PICTURE_PIXELS', 'StoryError',
+           'check_language', 'Character', 'StoryScene', 'Story', 'png_ready', 'png_bytes', 'image_paths',
+           'story_record', 'to_markdown', 'to_html', 'story_from_record', 'story_files', 'save_story', 'read_record',
+           'load_story']
 
 # %% ../nbs/08b_story.ipynb #cda94a84
-SCHEMA_VERSION = 1
 IMAGE_SOURCES = ("user", "generated", "retrieved")
 
 
@@ -74,16 +73,6 @@ class Story:
 
 # %% ../nbs/08b_story.ipynb #985073fd
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")  # and 16-bit grey, "I;16*"
-MAX_PICTURE_PIXELS = 4096 * 4096  # a story picture; anything bigger in a story folder is refused unread
-MAX_STORY_BYTES = 16 * 2**20  # story.json holds only text: a thousand long scenes fit in a megabyte
-
-
-def image_paths(story: Story) -> tuple[list[str | None], list[str | None]]:
-    "Where each character's and each scene's picture lives inside a story folder (None: no picture)."
-    characters = [f"images/character-{i:02d}.png" if c.image is not None else None
-                  for i, c in enumerate(story.characters.values())]
-    scenes = [f"images/scene-{i:03d}.png" if s.image is not None else None for i, s in enumerate(story.scenes)]
-    return characters, scenes
 
 
 def png_ready(image: Image.Image) -> Image.Image:
@@ -103,6 +92,18 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+# %% ../nbs/08b_story.ipynb #4069af9a
+SCHEMA_VERSION = 1
+
+
+def image_paths(story: Story) -> tuple[list[str | None], list[str | None]]:
+    "Where each character's and each scene's picture lives inside a story folder (None: no picture)."
+    characters = [f"images/character-{i:02d}.png" if c.image is not None else None
+                  for i, c in enumerate(story.characters.values())]
+    scenes = [f"images/scene-{i:03d}.png" if s.image is not None else None for i, s in enumerate(story.scenes)]
+    return characters, scenes
+
+
 def story_record(story: Story) -> dict:
     "The JSON record of a story: every field, pictures as paths inside the story folder."
     character_paths, scene_paths = image_paths(story)
@@ -114,6 +115,55 @@ def story_record(story: Story) -> dict:
                     "characters": list(s.characters), "questions": [list(qa) for qa in s.questions]}
                    for s, path in zip(story.scenes, scene_paths)],
     }
+
+
+# %% ../nbs/08b_story.ipynb #6bbe67d5
+def _img(image: Image.Image | None, alt: str) -> str:
+    "An <img> with the picture embedded as a PNG data URI (nothing without a picture)."
+    if image is None:
+        return ""
+    return f'<img src="data:image/png;base64,{base64.b64encode(png_bytes(image)).decode()}" alt="{html.escape(alt)}">'
+
+
+def to_markdown(story: Story) -> str:
+    "The story as Markdown, pictures linked from the story folder's `images/`."
+    character_paths, scene_paths = image_paths(story)
+    lines = [f"# {story.title}", ""]
+    if story.characters:
+        lines += ["## " + ("角色" if story.language == "zh" else "Characters"), ""]
+        for c, path in zip(story.characters.values(), character_paths):
+            lines += [f"- **{c.name}**: {c.description}" + (f" ![{c.name}]({path})" if path else "")]
+        lines.append("")
+    for i, (scene, path) in enumerate(zip(story.scenes, scene_paths), 1):
+        if path:
+            lines += [f"![{scene.description or f'scene {i}'}]({path})", ""]
+        lines += [scene.text, ""]
+        lines += [f"> **Q:** {q}  \n> **A:** {a}" for q, a in scene.questions]
+        if scene.questions:
+            lines.append("")
+    return "\n".join(lines)
+
+
+# %% ../nbs/08b_story.ipynb #79fefdf3
+def to_html(story: Story) -> str:
+    "The story as one self-contained HTML page: pictures embedded, a gallery of the characters, the scenes in order."
+    e = html.escape
+    zh = story.language == "zh"
+    gallery = "".join(f'<figure class="character">{_img(c.image, c.name)}<figcaption><b>{e(c.name)}</b><br>'
+                      f"{e(c.description)}</figcaption></figure>" for c in story.characters.values())
+    scenes = []
+    for i, s in enumerate(story.scenes, 1):
+        qa = "".join(f"<dt>{e(q)}</dt><dd>{e(a)}</dd>" for q, a in s.questions)
+        scenes.append(f'<section class="scene">{_img(s.image, s.description or f"scene {i}")}<div><p>{e(s.text)}</p>'
+                      + (f"<dl>{qa}</dl>" if qa else "") + "</div></section>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;line-height:1.5}"
+             "img{image-rendering:pixelated;width:160px;height:160px;border-radius:6px}"
+             ".gallery{display:flex;gap:1rem;flex-wrap:wrap}.character{margin:0;width:160px;text-align:center}"
+             ".scene{display:flex;gap:1.2rem;align-items:flex-start;margin:1.5rem 0}dt{font-weight:bold}")
+    return (f'<!DOCTYPE html>\n<html lang="{"zh-CN" if zh else "en"}"><head><meta charset="utf-8">'
+            f"<title>{e(story.title)}</title><style>{style}</style></head><body><h1>{e(story.title)}</h1>"
+            + (f'<h2>{"角色" if zh else "Characters"}</h2><div class="gallery">{gallery}</div>' if gallery else "")
+            + "".join(scenes) + "</body></html>\n")
 
 
 # %% ../nbs/08b_story.ipynb #f0a7c2c0
@@ -130,6 +180,7 @@ def _get(record: Any, key: str, kind: type | tuple, where: str) -> Any:
     return record[key]
 
 
+# %% ../nbs/08b_story.ipynb #d3167f10
 def _character(entry: Any, where: str, picture: Callable) -> Character:
     "One entry of the record's 'characters'."
     name, description = _get(entry, "name", str, where), _get(entry, "description", str, where)
@@ -153,6 +204,7 @@ def _scene(entry: Any, where: str, cast: dict, picture: Callable) -> StoryScene:
                       list(names), [tuple(qa) for qa in questions])
 
 
+# %% ../nbs/08b_story.ipynb #bade5be5
 def story_from_record(record: Any, picture: Callable[[str | None, str], Image.Image | None]) -> Story:
     """The story a parsed story.json describes, checked field by field (`StoryError` names the field);
     `picture(path, where)` supplies each picture."""
@@ -231,6 +283,7 @@ def _swap_in(staging: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# %% ../nbs/08b_story.ipynb #085daaa6
 def _write_story_folder(folder: Path, files: dict[str, bytes]) -> None:
     "Write `files` into a new folder beside `folder` and swap it in (`save_story`'s disk work)."
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
@@ -259,6 +312,9 @@ def save_story(story: Story, folder: str | Path, exports: bool = True) -> Path:
 
 
 # %% ../nbs/08b_story.ipynb #a01201f8
+MAX_STORY_BYTES = 16 * 2**20  # story.json holds only text: a thousand long scenes fit in a megabyte
+
+
 def _story_json(folder: Path) -> Path:
     "The folder's story.json: a file inside the folder (a link may not lead out of it) of at most `MAX_STORY_BYTES`."
     source = folder / "story.json"
@@ -283,6 +339,10 @@ def read_record(folder: Path) -> Any:
         raise StoryError(f"{folder / 'story.json'}: not valid JSON ({reprlib.repr(str(e))})") from e
 
 
+# %% ../nbs/08b_story.ipynb #81d92c48
+MAX_PICTURE_PIXELS = 4096 * 4096  # a story picture; anything bigger in a story folder is refused unread
+
+
 def _inside(folder: Path, path: str, where: str) -> Path:
     "Where the picture `path` lies; NUL bytes and paths that leave the story folder are errors."
     if "\0" in path:
@@ -293,6 +353,7 @@ def _inside(folder: Path, path: str, where: str) -> Path:
     return target
 
 
+# %% ../nbs/08b_story.ipynb #80ad88fd
 def _read_image(folder: Path, path: str | None, where: str) -> Image.Image | None:
     "The picture at `path` inside `folder`, decoded only if it is at most `MAX_PICTURE_PIXELS`."
     if path is None:
@@ -318,50 +379,3 @@ def load_story(folder: str | Path) -> Story:
     folder = Path(folder)
     return story_from_record(read_record(folder), lambda path, where: _read_image(folder, path, where))
 
-
-# %% ../nbs/08b_story.ipynb #6bbe67d5
-def _img(image: Image.Image | None, alt: str) -> str:
-    "An <img> with the picture embedded as a PNG data URI (nothing without a picture)."
-    if image is None:
-        return ""
-    return f'<img src="data:image/png;base64,{base64.b64encode(png_bytes(image)).decode()}" alt="{html.escape(alt)}">'
-
-
-def to_markdown(story: Story) -> str:
-    "The story as Markdown, pictures linked from the story folder's `images/`."
-    character_paths, scene_paths = image_paths(story)
-    lines = [f"# {story.title}", ""]
-    if story.characters:
-        lines += ["## " + ("角色" if story.language == "zh" else "Characters"), ""]
-        for c, path in zip(story.characters.values(), character_paths):
-            lines += [f"- **{c.name}**: {c.description}" + (f" ![{c.name}]({path})" if path else "")]
-        lines.append("")
-    for i, (scene, path) in enumerate(zip(story.scenes, scene_paths), 1):
-        if path:
-            lines += [f"![{scene.description or f'scene {i}'}]({path})", ""]
-        lines += [scene.text, ""]
-        lines += [f"> **Q:** {q}  \n> **A:** {a}" for q, a in scene.questions]
-        if scene.questions:
-            lines.append("")
-    return "\n".join(lines)
-
-
-def to_html(story: Story) -> str:
-    "The story as one self-contained HTML page: pictures embedded, a gallery of the characters, the scenes in order."
-    e = html.escape
-    zh = story.language == "zh"
-    gallery = "".join(f'<figure class="character">{_img(c.image, c.name)}<figcaption><b>{e(c.name)}</b><br>'
-                      f"{e(c.description)}</figcaption></figure>" for c in story.characters.values())
-    scenes = []
-    for i, s in enumerate(story.scenes, 1):
-        qa = "".join(f"<dt>{e(q)}</dt><dd>{e(a)}</dd>" for q, a in s.questions)
-        scenes.append(f'<section class="scene">{_img(s.image, s.description or f"scene {i}")}<div><p>{e(s.text)}</p>'
-                      + (f"<dl>{qa}</dl>" if qa else "") + "</div></section>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;line-height:1.5}"
-             "img{image-rendering:pixelated;width:160px;height:160px;border-radius:6px}"
-             ".gallery{display:flex;gap:1rem;flex-wrap:wrap}.character{margin:0;width:160px;text-align:center}"
-             ".scene{display:flex;gap:1.2rem;align-items:flex-start;margin:1.5rem 0}dt{font-weight:bold}")
-    return (f'<!DOCTYPE html>\n<html lang="{"zh-CN" if zh else "en"}"><head><meta charset="utf-8">'
-            f"<title>{e(story.title)}</title><style>{style}</style></head><body><h1>{e(story.title)}</h1>"
-            + (f'<h2>{"角色" if zh else "Characters"}</h2><div class="gallery">{gallery}</div>' if gallery else "")
-            + "".join(scenes) + "</body></html>\n")

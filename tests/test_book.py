@@ -83,6 +83,14 @@ def test_no_nbdev_markup_and_hidden_cells_are_gone(book):
 
 
 @pytest.mark.book
+def test_folded_cells_are_behind_a_toggle(book):
+    "Every chapter folds its Colab install cell (`#| code-fold: true`): the page keeps the code, behind a toggle."
+    for name in CHAPTERS:
+        page = (book / "nbs" / f"{name}.html").read_text(encoding="utf-8")
+        assert "tag_hide-input" in page and "google.colab" in page, f"{name}: no folded cell"
+
+
+@pytest.mark.book
 def test_every_chapter_has_colab_and_repository_buttons(book):
     for name in CHAPTERS:
         page = (book / "nbs" / f"{name}.html").read_text(encoding="utf-8")

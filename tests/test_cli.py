@@ -25,7 +25,7 @@ def test_bad_requests_are_clear_errors():
     result = run("train", "judge", "--set", "lr")
     assert result.returncode == 2 and "--set expects KEY=VALUE" in result.stderr
     result = run("train", "unicorn")
-    assert result.returncode == 2 and "no recipe named 'unicorn'; known recipes: dit, judge, miniclip, unet" in result.stderr
+    assert result.returncode == 2 and "no recipe named 'unicorn'; known recipes: dit, judge, miniclip, prior, unet" in result.stderr
     result = run("train", "judge", "--set", "steps=two")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr  # one line, no traceback
     assert "recipe 'judge': field 'steps' is 'two'; it must be int" in result.stderr

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from storyteller.core import CheckpointError, fit, load_checkpoint, read_provenance, save_checkpoint
-from storyteller.recipes import load_from, load_shipped, train_model
+from storyteller.recipes import get_recipe, load_from, load_shipped, train_model
 
 
 def small():
@@ -126,13 +126,15 @@ def test_storyteller_train_on_two_processes_writes_one_checkpoint(tmp_path):
 SMALL_TEXT_TO_IMAGE = ("batch_size=4", "warmup=0", "eval_prompts=8", "eval_steps=2", "sweep_prompts=0", "num_workers=0")
 
 
-@pytest.mark.parametrize("name", ["unet", "dit"])
+@pytest.mark.parametrize("name", ["unet", "dit", "prior"])
 def test_text_to_image_on_two_processes_trains_as_one_with_the_same_global_batch(name, tmp_path):
     """The model's call is its loss, so DistributedDataParallel averages the gradients, and the loss draws its noise for
     the global batch: two processes log the single process's losses, and the main one writes the checkpoint."""
     script = str(Path(__file__).with_name("train_processes.py"))
+    fields = get_recipe(name).config_type.field_names()
+    small = [s for s in (*SMALL_TEXT_TO_IMAGE, "likelihood_pictures=8") if s.partition("=")[0] in fields]
     runs = {n: launch(sys.executable, script, name, str(tmp_path / str(n) / f"{name}.safetensors"), "steps=3",
-                      *SMALL_TEXT_TO_IMAGE, processes=n, tmp_path=tmp_path) for n in (1, 2)}
+                      *small, processes=n, tmp_path=tmp_path) for n in (1, 2)}
     alone, shared = (json.loads(runs[n].stdout.strip().splitlines()[-1]) for n in (1, 2))
     assert (alone["processes"], shared["processes"]) == (1, 2) and len(alone["losses"]) == 3
     torch.testing.assert_close(shared["losses"], alone["losses"], rtol=1e-5, atol=0)

@@ -91,11 +91,21 @@ def test_sampling_on_a_device_draws_what_the_cpu_draws(recipe, sampler):
     torch.testing.assert_close(drawn, on_cpu, atol=1e-5, rtol=0)
 
 
+def test_the_token_prior_draws_on_a_device_what_it_draws_on_the_cpu():
+    "Its codes come from a CPU generator's uniform numbers, whatever device the logits are on (chapter 5b)."
+    model = load_shipped("prior")[0]
+    on_cpu = model.generate(CAPTIONS, generator=seeded(), top_k=50)
+    with StandInDevice():
+        model.to(DEVICE)
+        drawn = model.generate(CAPTIONS, generator=seeded(), top_k=50)
+    torch.testing.assert_close(drawn, on_cpu, atol=1e-5, rtol=0)
+
+
 SMALL = {"steps": 2, "batch_size": 4, "eval_size": 8, "eval_prompts": 4, "eval_steps": 2, "sweep_prompts": 0,
-         "disc_start": 1, "num_workers": 0}
+         "disc_start": 1, "likelihood_pictures": 8, "num_workers": 0}
 
 
-@pytest.mark.parametrize("name", ["judge", "miniclip", "vqvae", "vqgan", "unet", "dit"])
+@pytest.mark.parametrize("name", ["judge", "miniclip", "vqvae", "vqgan", "unet", "dit", "prior"])
 def test_every_recipe_trains_and_evaluates_on_a_device_as_on_the_cpu(name):
     "Two steps of each recipe and its evaluation: on the device, the metrics are the CPU's (same seed, same data)."
     recipe, profile = get_recipe(name), get_profile("cpu")

@@ -184,7 +184,7 @@ def test_arbitrary_config_files(tmp_path, text, suffix):
 @FUZZ
 @given(data=st.data())
 def test_recipe_overrides(data):
-    recipe = get_recipe(data.draw(st.sampled_from(["miniclip", "vqvae", "vqgan", "unet", "dit"])))
+    recipe = get_recipe(data.draw(st.sampled_from(["miniclip", "vqvae", "vqgan", "unet", "dit", "prior"])))
     fields = recipe.config_type.field_names()
     overrides = data.draw(st.dictionaries(st.sampled_from(fields) | st.text(max_size=8), json_values, max_size=3))
     try:

@@ -48,7 +48,7 @@ def test_shipped_vqgan_trained_as_long_as_the_vqvae():
 
 def test_every_shipped_checkpoint_has_provenance():
     shipped = sorted(SHIPPED_DIR.glob("*.safetensors"))
-    assert {p.stem for p in shipped} >= {"judge", "miniclip", "vqvae", "vqgan", "unet", "dit"}
+    assert {p.stem for p in shipped} >= {"judge", "miniclip", "vqvae", "vqgan", "unet", "dit", "prior"}
     for path in shipped:
         assert path.with_suffix(".json").exists(), path
 

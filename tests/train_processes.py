@@ -1,4 +1,4 @@
-"""`train_model` of a text-to-image recipe, for tests/test_core.py to run in one process and under `torchrun` in
+"""`train_model` of a text-to-image recipe (diffusion or token prior), for tests/test_core.py to run in one process and under `torchrun` in
 several: `python train_processes.py NAME OUT KEY=JSON...`. The main process prints the losses the recipe's `fit` logged
 as JSON, the others print nothing."""
 import json
@@ -7,6 +7,7 @@ import sys
 from accelerate import PartialState
 
 import storyteller.models.diffusion as diffusion
+import storyteller.models.tokens as tokens
 from storyteller.recipes import train_model
 
 histories = []
@@ -19,7 +20,7 @@ def logged_fit(*args, **kwargs):
     return histories[-1]
 
 
-diffusion.fit = logged_fit  # what `fit_text_to_image` calls
+diffusion.fit = tokens.fit = logged_fit  # what `fit_text_to_image` and `fit_token_prior` call
 name, out, *sets = sys.argv[1:]
 train_model(name, out=out, **{key: json.loads(value) for key, _, value in (s.partition("=") for s in sets)})
 if PartialState().is_main_process:

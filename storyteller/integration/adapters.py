@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
+from fastcore.basics import patch
 from PIL import Image
 from torch import nn
 
@@ -121,6 +122,7 @@ class ModelSpec:
     options: dict = field(default_factory=dict)
 
 
+# %% ../../nbs/07_integration.ipynb #914135fa
 class MultimodalModel:
     """One interface over every model of the book. A subclass implements what its checkpoint can do and lists it in
     `capabilities` (and `languages`); every other call raises `UnsupportedCapability`. As a model type, the class
@@ -156,61 +158,85 @@ class MultimodalModel:
         "Memory its work takes on top of the weights (a generation's key-value cache), at its largest."
         return 0
 
-    def require(self, capability: Capability, language: str | None = None) -> None:
-        "Raise `UnsupportedCapability` unless this model has `capability` (in `language`, if given)."
-        if capability not in self.capabilities:
-            raise UnsupportedCapability(self.name, capability)
-        if language is not None and language not in self.languages:
-            raise UnsupportedCapability(self.name, capability, language)
-
-    def encode_image(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        "L2-normalised float32 embeddings `(N, d)` of `images`."
-        raise UnsupportedCapability(self.name, Capability.IMAGE_EMBEDDING)
-
-    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        "L2-normalised float32 embeddings `(N, d)` of `texts`."
-        raise UnsupportedCapability(self.name, Capability.TEXT_EMBEDDING)
-
-    def similarity(self, images: Sequence[Image.Image], texts: Sequence[str]) -> torch.Tensor:
-        "Cosine similarities `(N_images, N_texts)`."
-        self.require(Capability.MATCHING)
-        return self.encode_image(images) @ self.encode_text(texts).T
-
-    def generate_text(self, prompts: Sequence[str], images: Sequence[Image.Image | None] | None = None,
-                      max_new_tokens: int = 60) -> list[str]:
-        "A continuation of each prompt (about its image, where one is given), without the prompt."
-        raise UnsupportedCapability(self.name, Capability.TEXT_GENERATION)
-
-    def caption(self, images: Sequence[Image.Image], style: str = "detailed", language: str = "en",
-                max_new_tokens: int = 60) -> list[str]:
-        "A caption of each image in a style of `CAPTION_STYLES` and a language; by default, a chat model is asked for it."
-        self.require(Capability.CAPTIONING, language)
-        _check_style(style)
-        prompt = CAPTION_PROMPTS[language][style]
-        return self.generate_text([prompt] * len(images), images, max_new_tokens)
-
-    def answer_question(self, images: Sequence[Image.Image], questions: Sequence[str],
-                        max_new_tokens: int = 20) -> list[str]:
-        "The answer to each question about its image."
-        raise UnsupportedCapability(self.name, Capability.VQA)
-
-    def stream_text(self, prompt: str, image: Image.Image | None = None, max_new_tokens: int = 60) -> Iterator[str]:
-        "The continuation of `prompt`, in pieces as it is generated."
-        raise UnsupportedCapability(self.name, Capability.STREAMING)
-
-    def generate_image(self, prompts: Sequence[str]) -> list[Image.Image]:
-        "One picture per prompt."
-        raise UnsupportedCapability(self.name, Capability.IMAGE_GENERATION)
-
-    def learn_character(self, character: CharacterLook, steps: int = 150, progress: bool = True) -> Path:
-        "Learn to draw `character` (a name with a look) the same in every picture; the folder of what it learnt."
-        raise UnsupportedCapability(self.name, Capability.CHARACTER_LEARNING)
-
     def __repr__(self) -> str:
         caps = ", ".join(sorted(c.value for c in self.capabilities))
         return f"{type(self).__name__}({self.name!r}: {caps}; languages {sorted(self.languages)})"
 
 
+# %% ../../nbs/07_integration.ipynb #7928d69e
+@patch
+def require(self: MultimodalModel, capability: Capability, language: str | None = None) -> None:
+    "Raise `UnsupportedCapability` unless this model has `capability` (in `language`, if given)."
+    if capability not in self.capabilities:
+        raise UnsupportedCapability(self.name, capability)
+    if language is not None and language not in self.languages:
+        raise UnsupportedCapability(self.name, capability, language)
+
+
+@patch
+def encode_image(self: MultimodalModel, images: Sequence[Image.Image]) -> torch.Tensor:
+    "L2-normalised float32 embeddings `(N, d)` of `images`."
+    raise UnsupportedCapability(self.name, Capability.IMAGE_EMBEDDING)
+
+
+@patch
+def encode_text(self: MultimodalModel, texts: Sequence[str]) -> torch.Tensor:
+    "L2-normalised float32 embeddings `(N, d)` of `texts`."
+    raise UnsupportedCapability(self.name, Capability.TEXT_EMBEDDING)
+
+
+@patch
+def similarity(self: MultimodalModel, images: Sequence[Image.Image], texts: Sequence[str]) -> torch.Tensor:
+    "Cosine similarities `(N_images, N_texts)`."
+    self.require(Capability.MATCHING)
+    return self.encode_image(images) @ self.encode_text(texts).T
+
+
+# %% ../../nbs/07_integration.ipynb #ce5487e2
+@patch
+def generate_text(self: MultimodalModel, prompts: Sequence[str], images: Sequence[Image.Image | None] | None = None,
+                  max_new_tokens: int = 60) -> list[str]:
+    "A continuation of each prompt (about its image, where one is given), without the prompt."
+    raise UnsupportedCapability(self.name, Capability.TEXT_GENERATION)
+
+
+@patch
+def caption(self: MultimodalModel, images: Sequence[Image.Image], style: str = "detailed", language: str = "en",
+            max_new_tokens: int = 60) -> list[str]:
+    "A caption of each image in a style of `CAPTION_STYLES` and a language; by default, a chat model is asked for it."
+    self.require(Capability.CAPTIONING, language)
+    _check_style(style)
+    prompt = CAPTION_PROMPTS[language][style]
+    return self.generate_text([prompt] * len(images), images, max_new_tokens)
+
+
+@patch
+def answer_question(self: MultimodalModel, images: Sequence[Image.Image], questions: Sequence[str],
+                    max_new_tokens: int = 20) -> list[str]:
+    "The answer to each question about its image."
+    raise UnsupportedCapability(self.name, Capability.VQA)
+
+
+# %% ../../nbs/07_integration.ipynb #d2d47b94
+@patch
+def stream_text(self: MultimodalModel, prompt: str, image: Image.Image | None = None, max_new_tokens: int = 60) -> Iterator[str]:
+    "The continuation of `prompt`, in pieces as it is generated."
+    raise UnsupportedCapability(self.name, Capability.STREAMING)
+
+
+@patch
+def generate_image(self: MultimodalModel, prompts: Sequence[str]) -> list[Image.Image]:
+    "One picture per prompt."
+    raise UnsupportedCapability(self.name, Capability.IMAGE_GENERATION)
+
+
+@patch
+def learn_character(self: MultimodalModel, character: CharacterLook, steps: int = 150, progress: bool = True) -> Path:
+    "Learn to draw `character` (a name with a look) the same in every picture; the folder of what it learnt."
+    raise UnsupportedCapability(self.name, Capability.CHARACTER_LEARNING)
+
+
+# %% ../../nbs/07_integration.ipynb #fdf2c57e
 def _check_style(style: str) -> None:
     check_choice("caption style", style, CAPTION_STYLES)
 
@@ -257,12 +283,14 @@ def load_hf(model_class: type, path: str | Path, device: str = "cpu", dtype: str
     return (model if "device_map" in kwargs else model.to(device)).eval()
 
 
+# %% ../../nbs/07_integration.ipynb #947fe350
 GENERATION_BATCH = 8  # prompts per `generate` call unless a model's entry says otherwise
 STORY_TOKENS = 400  # room for a story of four or five paragraphs; a caption's 60 tokens would cut it off
 CAPTION_TOKENS = 60  # the adapters' default caption length
 PROMPT_TOKENS = 64  # room for an instruction or a question beside the image tokens
 
 
+# %% ../../nbs/07_integration.ipynb #4c5973d9
 class HFAdapter(MultimodalModel):
     "The shared part of the Hugging Face adapters: a model of class `model_class` and the processor saved beside it."
     model_class: str = "AutoModel"
@@ -338,6 +366,7 @@ def retrieval_dtype(dtype: str | None, quantization: str | None) -> str | None:
     return dtype or ("float16" if quantization else None)
 
 
+# %% ../../nbs/07_integration.ipynb #c91d0bc9
 class BLIP2Adapter(HFAdapter):
     """BLIP-2 (`Salesforce/blip2-opt-2.7b`): captions and answers ("Question: … Answer:"), prompts trimmed from the
     output; image-text matching only with a retrieval checkpoint (`Salesforce/blip2-itm-vit-g`)."""
@@ -374,55 +403,74 @@ class BLIP2Adapter(HFAdapter):
         self.capabilities = self.capabilities_for(ModelSpec(self.name, self.type_name, self.path,
                                                             options={"retrieval_path": retrieval_path}))
 
-    def _generate(self, images: Sequence[Image.Image], prompts: Sequence[str] | None, max_new_tokens: int) -> list[str]:
-        _require_items(images, "images")
-        return self._in_batches(lambda p, im: self._generate_batch(im, p if prompts else None, max_new_tokens),
-                                prompts or [None] * len(images), images)
 
-    @torch.no_grad()
-    def _generate_batch(self, images: list[Image.Image], prompts: list[str] | None, max_new_tokens: int) -> list[str]:
-        rgb = [im.convert("RGB") for im in images]
-        inputs = self._to_model(self.processor(images=rgb, text=list(prompts) if prompts else None,
-                                               return_tensors="pt", padding=True))
-        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        if "input_ids" in inputs:  # without a prompt the output holds only image and BOS tokens before the caption
-            out = trim_prompts(inputs["input_ids"], out)
-        return [t.strip() for t in self.processor.batch_decode(out, skip_special_tokens=True)]
+# %% ../../nbs/07_integration.ipynb #c5b52403
+@patch
+def _generate(self: BLIP2Adapter, images: Sequence[Image.Image], prompts: Sequence[str] | None, max_new_tokens: int) -> list[str]:
+    _require_items(images, "images")
+    return self._in_batches(lambda p, im: self._generate_batch(im, p if prompts else None, max_new_tokens),
+                            prompts or [None] * len(images), images)
 
-    def generate_text(self, prompts, images=None, max_new_tokens=60):
-        if images is None or any(im is None for im in images):
-            raise UnsupportedCapability(self.name, Capability.TEXT_GENERATION)  # BLIP-2 writes about an image only
-        _check_lengths(images, prompts, "prompts")
-        return self._generate(images, prompts, max_new_tokens)
 
-    def caption(self, images, style="detailed", language="en", max_new_tokens=60):
-        "BLIP-2 writes one kind of caption (`detailed` and `short` are the same); `story` continues \"Once upon a time,\"."
-        self.require(Capability.CAPTIONING, language)
-        _check_style(style)
-        if style != "story":
-            return self._generate(images, None, max_new_tokens)
-        return [f"{self.story_prefix} {t}" for t in self._generate(images, [self.story_prefix] * len(images),
-                                                                   max_new_tokens)]
+@patch
+@torch.no_grad()
+def _generate_batch(self: BLIP2Adapter, images: list[Image.Image], prompts: list[str] | None, max_new_tokens: int) -> list[str]:
+    rgb = [im.convert("RGB") for im in images]
+    inputs = self._to_model(self.processor(images=rgb, text=list(prompts) if prompts else None,
+                                           return_tensors="pt", padding=True))
+    out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    if "input_ids" in inputs:  # without a prompt the output holds only image and BOS tokens before the caption
+        out = trim_prompts(inputs["input_ids"], out)
+    return [t.strip() for t in self.processor.batch_decode(out, skip_special_tokens=True)]
 
-    def answer_question(self, images, questions, max_new_tokens=20):
-        _check_lengths(images, questions)
-        return self._generate(images, [f"Question: {q} Answer:" for q in questions], max_new_tokens)
 
-    @torch.no_grad()
-    def _itc(self, images: Sequence[Image.Image], texts: Sequence[str]):
-        self.require(Capability.MATCHING)
-        _require_items(images, "images"), _require_items(texts, "texts")
-        inputs = self.retrieval_processor(images=[im.convert("RGB") for im in images], text=list(texts),
-                                          return_tensors="pt", padding=True)
-        return self.retrieval(**_on_model(inputs, self.retrieval), use_image_text_matching_head=False)
+@patch
+def generate_text(self: BLIP2Adapter, prompts, images=None, max_new_tokens=60):
+    if images is None or any(im is None for im in images):
+        raise UnsupportedCapability(self.name, Capability.TEXT_GENERATION)  # BLIP-2 writes about an image only
+    _check_lengths(images, prompts, "prompts")
+    return self._generate(images, prompts, max_new_tokens)
 
-    def similarity(self, images, texts):
-        "The contrastive head's cosines `(N_images, N_texts)`: text embedding against the best query embedding."
-        return self._itc(images, texts).logits_per_image.float().cpu()
 
-    def encode_text(self, texts):
-        blank = [Image.new("RGB", (8, 8))]  # the head embeds images and texts in one call; the texts' side is ours
-        return l2_normalize(self._itc(blank, texts).text_embeds.float()).cpu()
+@patch
+def caption(self: BLIP2Adapter, images, style="detailed", language="en", max_new_tokens=60):
+    "BLIP-2 writes one kind of caption (`detailed` and `short` are the same); `story` continues \"Once upon a time,\"."
+    self.require(Capability.CAPTIONING, language)
+    _check_style(style)
+    if style != "story":
+        return self._generate(images, None, max_new_tokens)
+    return [f"{self.story_prefix} {t}" for t in self._generate(images, [self.story_prefix] * len(images),
+                                                               max_new_tokens)]
+
+
+@patch
+def answer_question(self: BLIP2Adapter, images, questions, max_new_tokens=20):
+    _check_lengths(images, questions)
+    return self._generate(images, [f"Question: {q} Answer:" for q in questions], max_new_tokens)
+
+
+# %% ../../nbs/07_integration.ipynb #a2417bc2
+@patch
+@torch.no_grad()
+def _itc(self: BLIP2Adapter, images: Sequence[Image.Image], texts: Sequence[str]):
+    self.require(Capability.MATCHING)
+    _require_items(images, "images"), _require_items(texts, "texts")
+    inputs = self.retrieval_processor(images=[im.convert("RGB") for im in images], text=list(texts),
+                                      return_tensors="pt", padding=True)
+    return self.retrieval(**_on_model(inputs, self.retrieval), use_image_text_matching_head=False)
+
+
+@patch
+def similarity(self: BLIP2Adapter, images, texts):
+    "The contrastive head's cosines `(N_images, N_texts)`: text embedding against the best query embedding."
+    return self._itc(images, texts).logits_per_image.float().cpu()
+
+
+@patch
+def encode_text(self: BLIP2Adapter, texts):
+    blank = [Image.new("RGB", (8, 8))]  # the head embeds images and texts in one call; the texts' side is ours
+    return l2_normalize(self._itc(blank, texts).text_embeds.float()).cpu()
+
 
 # %% ../../nbs/07_integration.ipynb #86686442
 ImageInput = Image.Image | Sequence[Image.Image] | None  # one image, several (where allowed), or none
@@ -461,55 +509,66 @@ class ChatVLMAdapter(HFAdapter):
             processor_kwargs={"padding": True, **self.processor_kwargs})
         return self._to_model(inputs)
 
-    def generate_text(self, prompts, images=None, max_new_tokens=60):
-        images = list(images) if images is not None else [None] * len(prompts)
-        _check_lengths(images, prompts, "prompts")
-        return self._in_batches(lambda p, im: self._generate_batch(p, im, max_new_tokens), prompts, images)
 
-    @torch.no_grad()
-    def _generate_batch(self, prompts: list[str], images: list, max_new_tokens: int) -> list[str]:
-        inputs = self._inputs(prompts, images)
-        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        return [t.strip() for t in self.processor.batch_decode(trim_prompts(inputs["input_ids"], out),
-                                                                skip_special_tokens=True)]
+# %% ../../nbs/07_integration.ipynb #57da49c8
+@patch
+def generate_text(self: ChatVLMAdapter, prompts, images=None, max_new_tokens=60):
+    images = list(images) if images is not None else [None] * len(prompts)
+    _check_lengths(images, prompts, "prompts")
+    return self._in_batches(lambda p, im: self._generate_batch(p, im, max_new_tokens), prompts, images)
 
-    def answer_question(self, images, questions, max_new_tokens=20):
-        _check_lengths(images, questions)
-        return self.generate_text(questions, images, max_new_tokens)
 
-    def stream_text(self, prompt, image=None, max_new_tokens=60):
-        "The continuation in pieces; closing the iterator early stops the generation (and its thread) too."
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+@patch
+@torch.no_grad()
+def _generate_batch(self: ChatVLMAdapter, prompts: list[str], images: list, max_new_tokens: int) -> list[str]:
+    inputs = self._inputs(prompts, images)
+    out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return [t.strip() for t in self.processor.batch_decode(trim_prompts(inputs["input_ids"], out),
+                                                            skip_special_tokens=True)]
 
-        class StopWhenSet(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
-        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True,
-                                        timeout=600)
-        inputs = self._inputs([prompt], [image])
-        stop, failure = threading.Event(), []
+@patch
+def answer_question(self: ChatVLMAdapter, images, questions, max_new_tokens=20):
+    _check_lengths(images, questions)
+    return self.generate_text(questions, images, max_new_tokens)
 
-        def run() -> None:
-            try:
-                with torch.no_grad():
-                    self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
-                                        stopping_criteria=StoppingCriteriaList([StopWhenSet()]))
-            except Exception as e:  # handed to the caller below, never swallowed
-                failure.append(e)
-                streamer.end()
 
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
+# %% ../../nbs/07_integration.ipynb #ef19436d
+@patch
+def stream_text(self: ChatVLMAdapter, prompt, image=None, max_new_tokens=60):
+    "The continuation in pieces; closing the iterator early stops the generation (and its thread) too."
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                    timeout=600)
+    inputs = self._inputs([prompt], [image])
+    stop, failure = threading.Event(), []
+
+    def run() -> None:
         try:
-            yield from (chunk for chunk in streamer if chunk)
-        finally:
-            stop.set()
-            thread.join()
-        if failure:
-            raise failure[0]
+            with torch.no_grad():
+                self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
+                                    stopping_criteria=StoppingCriteriaList([StopWhenSet()]))
+        except Exception as e:  # handed to the caller below, never swallowed
+            failure.append(e)
+            streamer.end()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield from (chunk for chunk in streamer if chunk)
+    finally:
+        stop.set()
+        thread.join()
+    if failure:
+        raise failure[0]
 
 
+# %% ../../nbs/07_integration.ipynb #00b3fab6
 class LLaVAAdapter(ChatVLMAdapter):
     "LLaVA-1.5 (`llava-hf/llava-1.5-7b-hf`): English, one image per prompt, `USER: <image>\\n… ASSISTANT:`."
     type_name, model_class = "llava", "LlavaForConditionalGeneration"
@@ -661,62 +720,6 @@ class CharacterIllustrator(IllustratorAdapter):
         for name, folder in (characters or {}).items():
             self.add_adapter(name, folder)
 
-    def add_adapter(self, name: str, folder: str | Path) -> None:
-        "Use the adapter in `folder` for character `name` (checked now, so a bad adapter fails here, not mid-story)."
-        read_adapter_config(folder)
-        self.adapters[character_name(name)] = Path(folder)
-
-    def adapter_name(self, character: CharacterLook, steps: int, n_pairs: int) -> str:
-        "The folder name of an adapter: the character, its look, how it was trained and the base model it fits."
-        return f"{character.name}-{character.size}-{character.colour}-{character.shape}-{steps}-{n_pairs}pairs-{self.base}"
-
-    def learn_character(self, character: CharacterLook, steps: int = 150, progress: bool = True, n_pairs: int = 32) -> Path:
-        """The adapter for `character` — shipped, cached in STORYTELLER_HOME, or else trained now on a fresh copy of the
-        base model (32 pictures of it alone, `n_pairs` beside another actor) and cached — put to use for its name.
-        Returns its folder."""
-        name = self.adapter_name(character, steps, n_pairs)
-        roots = [SHIPPED_CHARACTERS] if self.checkpoint is None else []
-        found = [root / name for root in roots + [storyteller_home() / "characters"]
-                 if (root / name / ADAPTER_CONFIG).is_file()]
-        if found:
-            folder = found[0]
-        else:
-            base = own_model(self.recipe, None, self.checkpoint)[0]
-            history = teach_character(base, character, steps=steps, progress=progress, n_pairs=n_pairs)
-            folder = save_adapter(base.denoiser, storyteller_home() / "characters" / name, f"storyteller {self.base}")
-            provenance = {"character": asdict(character), "steps": steps, "n_pairs": n_pairs, "base": self.base,
-                          "seconds": round(history.seconds, 1), "final_loss": round(history.smoothed()[-1], 5),
-                          "hardware": hardware(), "versions": versions(), "git_commit": git_commit()}
-            (folder / "provenance.json").write_text(json.dumps(provenance, indent=1))
-        self.add_adapter(character.name, folder)
-        return folder
-
-    def hero(self, prompt: str) -> str | None:
-        "The first character with an adapter that `prompt` names (as a whole word, or by its Chinese name)."
-        hits = [(at, name) for name in self.adapters if (at := name_at(name, prompt)) is not None]
-        return min(hits)[1] if hits else None
-
-    def regions(self, prompt: str) -> list[Region] | None:
-        """The regions of a prompt that names two or more characters with adapters, each at a position, on a background:
-        one per character, captioned alone: by its look where the prompt gives it, drawn by the base model (chapter 6:
-        look words draw a character at least as well without its adapter), else by its name, drawn with its adapter.
-        None for any other prompt."""
-        background = first_word(prompt, PLACES["en"])
-        found = sorted((at, name) for name in self.adapters if (at := name_at(name, prompt)) is not None)
-        if background is None or len(found) < 2:
-            return None
-        regions: list[Region] = []
-        for (at, name), end in zip(found, [at for at, _ in found[1:]] + [len(prompt)]):
-            said = prompt[at:end]  # from the name to the next character's: its look and its place
-            spot, look = first_word(said, SPOTS["en"]), look_words(said)
-            if spot is None or spot in [r.position for r in regions]:
-                return None
-            if len(look) == 3:
-                regions.append(Region(caption(Scene(background, (Actor(**look, position=spot),))), spot))
-            else:
-                regions.append(Region(solo_caption(name, spot, background), spot, name))
-        return regions
-
     def generate_image(self, prompts):
         plans = [self.regions(p) for p in prompts]
         images: list = [None] * len(prompts)
@@ -742,6 +745,73 @@ class CharacterIllustrator(IllustratorAdapter):
                 images[i] = image
         return images
 
+
+# %% ../../nbs/07_integration.ipynb #94c94551
+@patch
+def add_adapter(self: CharacterIllustrator, name: str, folder: str | Path) -> None:
+    "Use the adapter in `folder` for character `name` (checked now, so a bad adapter fails here, not mid-story)."
+    read_adapter_config(folder)
+    self.adapters[character_name(name)] = Path(folder)
+
+
+@patch
+def adapter_name(self: CharacterIllustrator, character: CharacterLook, steps: int, n_pairs: int) -> str:
+    "The folder name of an adapter: the character, its look, how it was trained and the base model it fits."
+    return f"{character.name}-{character.size}-{character.colour}-{character.shape}-{steps}-{n_pairs}pairs-{self.base}"
+
+
+@patch
+def learn_character(self: CharacterIllustrator, character: CharacterLook, steps: int = 150, progress: bool = True, n_pairs: int = 32) -> Path:
+    """The adapter for `character` — shipped, cached in STORYTELLER_HOME, or else trained now on a fresh copy of the
+    base model (32 pictures of it alone, `n_pairs` beside another actor) and cached — put to use for its name.
+    Returns its folder."""
+    name = self.adapter_name(character, steps, n_pairs)
+    roots = [SHIPPED_CHARACTERS] if self.checkpoint is None else []
+    found = [root / name for root in roots + [storyteller_home() / "characters"]
+             if (root / name / ADAPTER_CONFIG).is_file()]
+    if found:
+        folder = found[0]
+    else:
+        base = own_model(self.recipe, None, self.checkpoint)[0]
+        history = teach_character(base, character, steps=steps, progress=progress, n_pairs=n_pairs)
+        folder = save_adapter(base.denoiser, storyteller_home() / "characters" / name, f"storyteller {self.base}")
+        provenance = {"character": asdict(character), "steps": steps, "n_pairs": n_pairs, "base": self.base,
+                      "seconds": round(history.seconds, 1), "final_loss": round(history.smoothed()[-1], 5),
+                      "hardware": hardware(), "versions": versions(), "git_commit": git_commit()}
+        (folder / "provenance.json").write_text(json.dumps(provenance, indent=1))
+    self.add_adapter(character.name, folder)
+    return folder
+
+
+# %% ../../nbs/07_integration.ipynb #4c695091
+@patch
+def hero(self: CharacterIllustrator, prompt: str) -> str | None:
+    "The first character with an adapter that `prompt` names (as a whole word, or by its Chinese name)."
+    hits = [(at, name) for name in self.adapters if (at := name_at(name, prompt)) is not None]
+    return min(hits)[1] if hits else None
+
+
+@patch
+def regions(self: CharacterIllustrator, prompt: str) -> list[Region] | None:
+    """The regions of a prompt that names two or more characters with adapters, each at a position, on a background:
+    one per character, captioned alone: by its look where the prompt gives it, drawn by the base model (chapter 6:
+    look words draw a character at least as well without its adapter), else by its name, drawn with its adapter.
+    None for any other prompt."""
+    background = first_word(prompt, PLACES["en"])
+    found = sorted((at, name) for name in self.adapters if (at := name_at(name, prompt)) is not None)
+    if background is None or len(found) < 2:
+        return None
+    regions: list[Region] = []
+    for (at, name), end in zip(found, [at for at, _ in found[1:]] + [len(prompt)]):
+        said = prompt[at:end]  # from the name to the next character's: its look and its place
+        spot, look = first_word(said, SPOTS["en"]), look_words(said)
+        if spot is None or spot in [r.position for r in regions]:
+            return None
+        if len(look) == 3:
+            regions.append(Region(caption(Scene(background, (Actor(**look, position=spot),))), spot))
+        else:
+            regions.append(Region(solo_caption(name, spot, background), spot, name))
+    return regions
 
 
 # %% ../../nbs/07_integration.ipynb #cb38d151

@@ -78,6 +78,7 @@ def check_fields(label: str, entry: dict) -> None:
         raise ConfigError(f"{label}: field 'quantization' needs a CUDA device (bitsandbytes); field 'device' is {device!r}")
 
 
+# %% ../../nbs/07b_config.ipynb #a88c923f
 def check_options(label: str, kind: type[MultimodalModel], options: Any) -> None:
     "The options of a config entry: a mapping of names its model type takes, each value of the type it declares."
     if not isinstance(options, dict):
@@ -90,6 +91,7 @@ def check_options(label: str, kind: type[MultimodalModel], options: Any) -> None
         check_value(f"{label}: option {name!r}", value, kind.options[name])
 
 
+# %% ../../nbs/07b_config.ipynb #eb53d89e
 def parse_spec(entry: Any, index: int) -> ModelSpec:
     "Validate config entry number `index`; every error names the entry and the field."
     named = isinstance(entry, dict) and isinstance(entry.get("name"), str)
@@ -113,6 +115,7 @@ def parse_spec(entry: Any, index: int) -> ModelSpec:
     return ModelSpec(**entry)
 
 
+# %% ../../nbs/07b_config.ipynb #876eed7a
 def parse_config(config: Any, source: str = "config") -> list[ModelSpec]:
     "Validated specs from a config mapping `{'models': [...]}`; model names must be unique."
     if not isinstance(config, dict) or not isinstance(config.get("models"), list):
@@ -173,6 +176,7 @@ GPU_CONFIG = {"models": [
 ]}
 
 
+# %% ../../nbs/07b_config.ipynb #c8d2e154
 def on_device(config: dict, device: str | torch.device) -> dict:
     """`config` with every CUDA entry moved to `device`: a GPU config on a machine without CUDA (a smoke run, an Apple
     GPU). bitsandbytes quantization needs CUDA, so those entries then load unquantized, with a warning."""

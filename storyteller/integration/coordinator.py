@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Sequence
 
 import torch
+from fastcore.basics import patch
 from PIL import Image
 
 from ..checks import StorytellerError
@@ -47,6 +48,7 @@ def _language(texts: Sequence[str], language: str | None) -> str:
     return language or ("zh" if any(is_chinese(t) for t in texts) else "en")
 
 
+# %% ../../nbs/07e_coordinator.ipynb #18779a71
 class TaskCoordinator:
     """Routes tasks to a model that has the capability and the language: first by feedback weight, then by the fallback
     order (the config's order unless given). Caches embeddings by content, batches requests per model, streams, runs
@@ -64,196 +66,239 @@ class TaskCoordinator:
         if self.feedback_path is not None and self.feedback_path.exists():
             self.feedback = json.loads(self.feedback_path.read_text())
 
-    # --- routing ----------------------------------------------------------------------------------------------------
-    def candidates(self, capabilities: Sequence[Capability], language: str = "en") -> list[str]:
-        "Models able to serve (every capability, in `language`), best first: feedback weight, then fallback order."
-        able = [n for n in self.order if set(capabilities) <= self.manager.capabilities(n)
-                and language in self.manager.languages(n)]
-        weights = [self.feedback.get(c.value, {}) for c in capabilities]
-        return sorted(able, key=lambda n: -sum(w.get(n, 0.0) for w in weights))  # stable: ties keep the order
 
-    def route(self, capabilities: Capability | Sequence[Capability], language: str = "en") -> str:
-        "The model to use, or `NoCapableModel` listing every model and why it does not qualify."
-        capabilities = [capabilities] if isinstance(capabilities, Capability) else list(capabilities)
-        found = self.candidates(capabilities, language)
-        if found:
-            return found[0]
-        why = []
-        for n in self.order:
-            missing = [c.value for c in capabilities if c not in self.manager.capabilities(n)]
-            why.append(f"{n} (no {', '.join(missing)})" if missing else f"{n} (languages: "
-                       f"{', '.join(sorted(self.manager.languages(n)))})")
-        raise NoCapableModel(f"no configured model offers {' + '.join(c.value for c in capabilities)} in {language!r}; "
-                             f"models: {'; '.join(why) or 'none'}")
+# %% ../../nbs/07e_coordinator.ipynb #c87c8b0c
+@patch
+def candidates(self: TaskCoordinator, capabilities: Sequence[Capability], language: str = "en") -> list[str]:
+    "Models able to serve (every capability, in `language`), best first: feedback weight, then fallback order."
+    able = [n for n in self.order if set(capabilities) <= self.manager.capabilities(n)
+            and language in self.manager.languages(n)]
+    weights = [self.feedback.get(c.value, {}) for c in capabilities]
+    return sorted(able, key=lambda n: -sum(w.get(n, 0.0) for w in weights))  # stable: ties keep the order
 
-    def record_feedback(self, capability: Capability, model: str, score: float, rate: float = 0.3) -> None:
-        "Move `model`'s weight for `capability` toward `score` (in [-1, 1]; an exponential average) and persist it."
-        if not -1 <= score <= 1:
-            raise ValueError(f"feedback scores lie in [-1, 1], got {score}")
-        self.manager.spec(model)
-        table = self.feedback.setdefault(capability.value, {})
-        table[model] = (1 - rate) * table.get(model, 0.0) + rate * score
-        if self.feedback_path is not None:
-            atomic_write(self.feedback_path, lambda tmp: tmp.write_text(json.dumps(self.feedback, indent=1)))
 
-    # --- tasks ------------------------------------------------------------------------------------------------------
-    def match(self, images: Sequence[Image.Image], texts: Sequence[str], language: str | None = None) -> torch.Tensor:
-        "Cosine similarities `(N_images, N_texts)`."
-        with self.manager.use(self.route(Capability.MATCHING, _language(texts, language))) as model:
-            return model.similarity(images, texts)
+@patch
+def route(self: TaskCoordinator, capabilities: Capability | Sequence[Capability], language: str = "en") -> str:
+    "The model to use, or `NoCapableModel` listing every model and why it does not qualify."
+    capabilities = [capabilities] if isinstance(capabilities, Capability) else list(capabilities)
+    found = self.candidates(capabilities, language)
+    if found:
+        return found[0]
+    why = []
+    for n in self.order:
+        missing = [c.value for c in capabilities if c not in self.manager.capabilities(n)]
+        why.append(f"{n} (no {', '.join(missing)})" if missing else f"{n} (languages: "
+                   f"{', '.join(sorted(self.manager.languages(n)))})")
+    raise NoCapableModel(f"no configured model offers {' + '.join(c.value for c in capabilities)} in {language!r}; "
+                         f"models: {'; '.join(why) or 'none'}")
 
-    def caption(self, images: Sequence[Image.Image], style: str = "detailed", language: str = "en") -> list[str]:
-        "A caption per image in a style (detailed, short, story) and a language."
-        if not images:
-            return []
-        with self.manager.use(self.route(Capability.CAPTIONING, language)) as model:
-            return model.caption(images, style, language)
 
-    def answer(self, images: Sequence[Image.Image], questions: Sequence[str], language: str | None = None) -> list[str]:
-        "The answer to each question about its image, by a model that speaks the questions' language."
-        if len(images) != len(questions):
-            raise ValueError(f"got {len(images)} images and {len(questions)} questions; give one per image")
-        if not images:
-            return []
-        with self.manager.use(self.route(Capability.VQA, _language(questions, language))) as model:
-            return model.answer_question(images, questions)
+# %% ../../nbs/07e_coordinator.ipynb #2f4a7300
+@patch
+def match(self: TaskCoordinator, images: Sequence[Image.Image], texts: Sequence[str], language: str | None = None) -> torch.Tensor:
+    "Cosine similarities `(N_images, N_texts)`."
+    with self.manager.use(self.route(Capability.MATCHING, _language(texts, language))) as model:
+        return model.similarity(images, texts)
 
-    def index(self, pool: Sequence[Image.Image], language: str = "en") -> ImageIndex:
-        "An `ImageIndex` of `pool` under the embedding model for `language` (cached embeddings)."
-        name = self.route([Capability.IMAGE_EMBEDDING, Capability.TEXT_EMBEDDING], language)
-        return ImageIndex(self.manager, name, pool, self.cache)
 
-    def retrieve(self, query: str, pool: Sequence[Image.Image], top_k: int = 1, language: str | None = None) -> list[int]:
-        "Indices of the `top_k` pool images closest to `query` (for many queries over one pool, use `index`)."
-        return self.index(pool, _language([query], language)).search([query], top_k)[0]
+@patch
+def caption(self: TaskCoordinator, images: Sequence[Image.Image], style: str = "detailed", language: str = "en") -> list[str]:
+    "A caption per image in a style (detailed, short, story) and a language."
+    if not images:
+        return []
+    with self.manager.use(self.route(Capability.CAPTIONING, language)) as model:
+        return model.caption(images, style, language)
 
-    def write_story(self, prompt: str, max_new_tokens: int = STORY_TOKENS) -> str:
-        "A story for `prompt`, in the prompt's language, paragraphs separated by blank lines."
-        with self.manager.use(self.route(Capability.TEXT_GENERATION, _language([prompt], None))) as model:
-            return model.generate_text([prompt], max_new_tokens=max_new_tokens)[0]
 
-    def illustrate(self, texts: Sequence[str], pool: Sequence[Image.Image] | None = None,
-                   language: str | None = None) -> list[Image.Image]:
-        "A picture per text: drawn by an image generator, or, given a `pool`, the pool's closest picture."
-        if not texts:
-            return []
-        language = _language(texts, language)
-        if pool is not None:
-            return [pool[hits[0]] for hits in self.index(pool, language).search(texts)]
-        with self.manager.use(self.route(Capability.IMAGE_GENERATION, language)) as model:
-            return model.generate_image(texts)
+@patch
+def answer(self: TaskCoordinator, images: Sequence[Image.Image], questions: Sequence[str], language: str | None = None) -> list[str]:
+    "The answer to each question about its image, by a model that speaks the questions' language."
+    if len(images) != len(questions):
+        raise ValueError(f"got {len(images)} images and {len(questions)} questions; give one per image")
+    if not images:
+        return []
+    with self.manager.use(self.route(Capability.VQA, _language(questions, language))) as model:
+        return model.answer_question(images, questions)
 
-    def can(self, capability: Capability, task: Capability, language: str = "en") -> bool:
-        "Whether the model `task` is routed to (in `language`) also has `capability`: can the illustrator learn characters?"
-        return capability in self.manager.capabilities(self.route(task, language))
 
-    def learn_character(self, character: CharacterLook, language: str = "en", steps: int = 150,
-                        progress: bool = True) -> Path:
-        """Teach the illustrator that draws for `language` to draw `character` the same in every picture; the folder of
-        what it learnt. An illustrator without `Capability.CHARACTER_LEARNING` raises `UnsupportedCapability`."""
-        name = self.route(Capability.IMAGE_GENERATION, language)
+# %% ../../nbs/07e_coordinator.ipynb #9ad51fb4
+@patch
+def index(self: TaskCoordinator, pool: Sequence[Image.Image], language: str = "en") -> ImageIndex:
+    "An `ImageIndex` of `pool` under the embedding model for `language` (cached embeddings)."
+    name = self.route([Capability.IMAGE_EMBEDDING, Capability.TEXT_EMBEDDING], language)
+    return ImageIndex(self.manager, name, pool, self.cache)
+
+
+@patch
+def retrieve(self: TaskCoordinator, query: str, pool: Sequence[Image.Image], top_k: int = 1, language: str | None = None) -> list[int]:
+    "Indices of the `top_k` pool images closest to `query` (for many queries over one pool, use `index`)."
+    return self.index(pool, _language([query], language)).search([query], top_k)[0]
+
+
+@patch
+def write_story(self: TaskCoordinator, prompt: str, max_new_tokens: int = STORY_TOKENS) -> str:
+    "A story for `prompt`, in the prompt's language, paragraphs separated by blank lines."
+    with self.manager.use(self.route(Capability.TEXT_GENERATION, _language([prompt], None))) as model:
+        return model.generate_text([prompt], max_new_tokens=max_new_tokens)[0]
+
+
+@patch
+def illustrate(self: TaskCoordinator, texts: Sequence[str], pool: Sequence[Image.Image] | None = None,
+               language: str | None = None) -> list[Image.Image]:
+    "A picture per text: drawn by an image generator, or, given a `pool`, the pool's closest picture."
+    if not texts:
+        return []
+    language = _language(texts, language)
+    if pool is not None:
+        return [pool[hits[0]] for hits in self.index(pool, language).search(texts)]
+    with self.manager.use(self.route(Capability.IMAGE_GENERATION, language)) as model:
+        return model.generate_image(texts)
+
+
+# %% ../../nbs/07e_coordinator.ipynb #4eaa602d
+@patch
+def tell(self: TaskCoordinator, prompt: str, pool: Sequence[Image.Image] | None = None) -> list[tuple[str, Image.Image]]:
+    "Story writing and illustration: each paragraph of the story for `prompt` with its picture."
+    paragraphs = self.write_story(prompt).split("\n\n")
+    return list(zip(paragraphs, self.illustrate(paragraphs, pool), strict=True))
+
+
+@patch
+def stream(self: TaskCoordinator, prompt: str, image: Image.Image | None = None, max_new_tokens: int = STORY_TOKENS) -> Iterator[str]:
+    """The text for `prompt` (about `image`, if given) in pieces as it is written, in the prompt's language; the
+    model stays pinned until the stream ends or is closed."""
+    needs = [Capability.STREAMING] + ([Capability.CAPTIONING] if image is not None else [])
+    with self.manager.use(self.route(needs, _language([prompt], None))) as model:
+        yield from model.stream_text(prompt, image, max_new_tokens)
+
+
+# %% ../../nbs/07e_coordinator.ipynb #a66e1cc6
+@patch
+def can(self: TaskCoordinator, capability: Capability, task: Capability, language: str = "en") -> bool:
+    "Whether the model `task` is routed to (in `language`) also has `capability`: can the illustrator learn characters?"
+    return capability in self.manager.capabilities(self.route(task, language))
+
+
+@patch
+def learn_character(self: TaskCoordinator, character: CharacterLook, language: str = "en", steps: int = 150,
+                    progress: bool = True) -> Path:
+    """Teach the illustrator that draws for `language` to draw `character` the same in every picture; the folder of
+    what it learnt. An illustrator without `Capability.CHARACTER_LEARNING` raises `UnsupportedCapability`."""
+    name = self.route(Capability.IMAGE_GENERATION, language)
+    with self.manager.use(name) as model:
+        model.require(Capability.CHARACTER_LEARNING)
+        return model.learn_character(character, steps, progress)
+
+
+# %% ../../nbs/07e_coordinator.ipynb #a10a6d88
+@patch
+def run_batch(self: TaskCoordinator, requests: Sequence[Request]) -> list:
+    "Results of many requests, in order, with one call per (task, model, style, language) group instead of one per request."
+    capability = {"caption": Capability.CAPTIONING, "answer": Capability.VQA, "illustrate": Capability.IMAGE_GENERATION}
+    needs = {"caption": ("image",), "answer": ("image", "text"), "illustrate": ("text",)}
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(requests):
+        if r.task not in capability:
+            raise ValueError(f"requests[{i}]: unknown task {r.task!r}; tasks: {', '.join(capability)}")
+        missing = [f for f in needs[r.task] if getattr(r, f) is None]
+        if missing:
+            raise ValueError(f"requests[{i}]: a {r.task!r} request needs field {missing[0]!r}")
+        language = _language([r.text] if r.text else [], r.language)
+        groups.setdefault((r.task, self.route(capability[r.task], language), r.style, language), []).append(i)
+    results: list = [None] * len(requests)
+    for (task, name, style, language), members in groups.items():
+        batch = [requests[i] for i in members]
         with self.manager.use(name) as model:
-            model.require(Capability.CHARACTER_LEARNING)
-            return model.learn_character(character, steps, progress)
+            if task == "caption":
+                out = model.caption([r.image for r in batch], style, language)
+            elif task == "answer":
+                out = model.answer_question([r.image for r in batch], [r.text for r in batch])
+            else:
+                out = model.generate_image([r.text for r in batch])
+        for i, result in zip(members, out, strict=True):
+            results[i] = result
+    return results
 
-    def tell(self, prompt: str, pool: Sequence[Image.Image] | None = None) -> list[tuple[str, Image.Image]]:
-        "Story writing and illustration: each paragraph of the story for `prompt` with its picture."
-        paragraphs = self.write_story(prompt).split("\n\n")
-        return list(zip(paragraphs, self.illustrate(paragraphs, pool), strict=True))
 
-    def stream(self, prompt: str, image: Image.Image | None = None, max_new_tokens: int = STORY_TOKENS) -> Iterator[str]:
-        """The text for `prompt` (about `image`, if given) in pieces as it is written, in the prompt's language; the
-        model stays pinned until the stream ends or is closed."""
-        needs = [Capability.STREAMING] + ([Capability.CAPTIONING] if image is not None else [])
-        with self.manager.use(self.route(needs, _language([prompt], None))) as model:
-            yield from model.stream_text(prompt, image, max_new_tokens)
+# %% ../../nbs/07e_coordinator.ipynb #829712ab
+@patch
+async def arun(self: TaskCoordinator, task: str, *args, **kwargs) -> Any:
+    "Run task `task` (a method name: caption, answer, tell, …) in a worker thread without blocking the event loop."
+    method = getattr(self, task, None)
+    if task.startswith("_") or not callable(method) or inspect.isgeneratorfunction(method) \
+            or inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method):
+        raise ValueError(f"unknown task {task!r} (streams: use astream)")
+    return await asyncio.to_thread(getattr(self, task), *args, **kwargs)
 
-    def run_batch(self, requests: Sequence[Request]) -> list:
-        "Results of many requests, in order, with one call per (task, model, style, language) group instead of one per request."
-        capability = {"caption": Capability.CAPTIONING, "answer": Capability.VQA, "illustrate": Capability.IMAGE_GENERATION}
-        needs = {"caption": ("image",), "answer": ("image", "text"), "illustrate": ("text",)}
-        groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
-            if r.task not in capability:
-                raise ValueError(f"requests[{i}]: unknown task {r.task!r}; tasks: {', '.join(capability)}")
-            missing = [f for f in needs[r.task] if getattr(r, f) is None]
-            if missing:
-                raise ValueError(f"requests[{i}]: a {r.task!r} request needs field {missing[0]!r}")
-            language = _language([r.text] if r.text else [], r.language)
-            groups.setdefault((r.task, self.route(capability[r.task], language), r.style, language), []).append(i)
-        results: list = [None] * len(requests)
-        for (task, name, style, language), members in groups.items():
-            batch = [requests[i] for i in members]
-            with self.manager.use(name) as model:
-                if task == "caption":
-                    out = model.caption([r.image for r in batch], style, language)
-                elif task == "answer":
-                    out = model.answer_question([r.image for r in batch], [r.text for r in batch])
-                else:
-                    out = model.generate_image([r.text for r in batch])
-            for i, result in zip(members, out, strict=True):
-                results[i] = result
-        return results
 
-    def ensemble_caption(self, images: Sequence[Image.Image], style: str = "detailed", language: str = "en",
-                         models: Sequence[str] | None = None) -> list[tuple[str, str]]:
-        "Every captioner's caption for each image, and the one a matching model scores highest: (caption, captioner)."
-        if not images:
-            return []
-        names = list(models) if models is not None else self.candidates([Capability.CAPTIONING], language)
-        if not names:
-            self.route(Capability.CAPTIONING, language)  # raises NoCapableModel with the reasons
-        unable = [n for n in names if Capability.CAPTIONING not in self.manager.capabilities(n)
-                  or language not in self.manager.languages(n)]
-        if unable:
-            raise NoCapableModel(f"ensemble_caption: {', '.join(unable)} cannot caption in {language!r}")
-        scorer = self.route(Capability.MATCHING, language)  # before any captioner runs: fail early
-        proposals = {}
-        for name in names:
-            with self.manager.use(name) as model:
-                proposals[name] = model.caption(images, style, language)
-        with self.manager.use(scorer) as judge:
-            chosen = []
-            for i, image in enumerate(images):
-                options = [proposals[n][i] for n in names]
-                best = int(judge.similarity([image], options)[0].argmax())
-                chosen.append((options[best], names[best]))
-        return chosen
+@patch
+async def astream(self: TaskCoordinator, prompt: str, image: Image.Image | None = None) -> AsyncIterator[str]:
+    """`stream` as an async iterator: chunks arrive while the event loop keeps serving other tasks. Closing it stops
+    the stream and releases the model; to leave a loop early, wrap it in `contextlib.aclosing` so that happens at
+    once rather than when the iterator is garbage-collected."""
+    loop, queue, done, stop = asyncio.get_running_loop(), asyncio.Queue(), object(), threading.Event()
 
-    # --- asynchronous front ----------------------------------------------------------------------------------------
-    async def arun(self, task: str, *args, **kwargs) -> Any:
-        "Run task `task` (a method name: caption, answer, tell, …) in a worker thread without blocking the event loop."
-        method = getattr(self, task, None)
-        if task.startswith("_") or not callable(method) or inspect.isgeneratorfunction(method) \
-                or inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method):
-            raise ValueError(f"unknown task {task!r} (streams: use astream)")
-        return await asyncio.to_thread(getattr(self, task), *args, **kwargs)
-
-    async def astream(self, prompt: str, image: Image.Image | None = None) -> AsyncIterator[str]:
-        """`stream` as an async iterator: chunks arrive while the event loop keeps serving other tasks. Closing it stops
-        the stream and releases the model; to leave a loop early, wrap it in `contextlib.aclosing` so that happens at
-        once rather than when the iterator is garbage-collected."""
-        loop, queue, done, stop = asyncio.get_running_loop(), asyncio.Queue(), object(), threading.Event()
-
-        def produce() -> None:
-            chunks = self.stream(prompt, image)
-            try:
-                for chunk in chunks:
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
-                    if stop.is_set():
-                        break
-            except BaseException as e:  # handed to the consumer, never swallowed
-                loop.call_soon_threadsafe(queue.put_nowait, e)
-            finally:
-                chunks.close()  # stops the generation and unpins the model
-                loop.call_soon_threadsafe(queue.put_nowait, done)
-
-        worker = asyncio.ensure_future(asyncio.to_thread(produce))
+    def produce() -> None:
+        chunks = self.stream(prompt, image)
         try:
-            while (item := await queue.get()) is not done:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            for chunk in chunks:
+                loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                if stop.is_set():
+                    break
+        except BaseException as e:  # handed to the consumer, never swallowed
+            loop.call_soon_threadsafe(queue.put_nowait, e)
         finally:
-            stop.set()
-            await worker
+            chunks.close()  # stops the generation and unpins the model
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+
+    worker = asyncio.ensure_future(asyncio.to_thread(produce))
+    try:
+        while (item := await queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        await worker
+
+
+# %% ../../nbs/07e_coordinator.ipynb #b7930f0f
+@patch
+def record_feedback(self: TaskCoordinator, capability: Capability, model: str, score: float, rate: float = 0.3) -> None:
+    "Move `model`'s weight for `capability` toward `score` (in [-1, 1]; an exponential average) and persist it."
+    if not -1 <= score <= 1:
+        raise ValueError(f"feedback scores lie in [-1, 1], got {score}")
+    self.manager.spec(model)
+    table = self.feedback.setdefault(capability.value, {})
+    table[model] = (1 - rate) * table.get(model, 0.0) + rate * score
+    if self.feedback_path is not None:
+        atomic_write(self.feedback_path, lambda tmp: tmp.write_text(json.dumps(self.feedback, indent=1)))
+
+
+# %% ../../nbs/07e_coordinator.ipynb #b38610a5
+@patch
+def ensemble_caption(self: TaskCoordinator, images: Sequence[Image.Image], style: str = "detailed", language: str = "en",
+                     models: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    "Every captioner's caption for each image, and the one a matching model scores highest: (caption, captioner)."
+    if not images:
+        return []
+    names = list(models) if models is not None else self.candidates([Capability.CAPTIONING], language)
+    if not names:
+        self.route(Capability.CAPTIONING, language)  # raises NoCapableModel with the reasons
+    unable = [n for n in names if Capability.CAPTIONING not in self.manager.capabilities(n)
+              or language not in self.manager.languages(n)]
+    if unable:
+        raise NoCapableModel(f"ensemble_caption: {', '.join(unable)} cannot caption in {language!r}")
+    scorer = self.route(Capability.MATCHING, language)  # before any captioner runs: fail early
+    proposals = {}
+    for name in names:
+        with self.manager.use(name) as model:
+            proposals[name] = model.caption(images, style, language)
+    with self.manager.use(scorer) as judge:
+        chosen = []
+        for i, image in enumerate(images):
+            options = [proposals[n][i] for n in names]
+            best = int(judge.similarity([image], options)[0].argmax())
+            chosen.append((options[best], names[best]))
+    return chosen
+

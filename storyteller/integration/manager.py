@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+from fastcore.basics import patch
 from PIL import Image
 
 from ..checks import ConfigError, StorytellerError
@@ -51,6 +52,7 @@ class Event:
     bytes: int = 0
 
 
+# %% ../../nbs/07d_manager.ipynb #ef7c1ba5
 class ModelManager:
     """Models by name, loaded on first use, the most recently used kept within `memory_budget` bytes (sizes estimated
     before loading); a model borrowed with `use` is pinned and never evicted. Every load, hit and eviction is logged
@@ -87,131 +89,161 @@ class ModelManager:
             raise UnknownModel(f"no model named {name!r}; the config has {', '.join(self.specs) or 'no models'}")
         return self.specs[name]
 
-    def capabilities(self, name: str) -> frozenset[Capability]:
-        "What model `name` will be able to do, known from its spec without loading it."
-        return self.kinds[name].capabilities_for(self.spec(name))
 
-    def languages(self, name: str) -> frozenset[str]:
-        "The languages model `name` reads and writes, known from its type without loading it."
-        return self.kinds[self.spec(name).name].languages
+# %% ../../nbs/07d_manager.ipynb #a4474d55
+@patch
+def capabilities(self: ModelManager, name: str) -> frozenset[Capability]:
+    "What model `name` will be able to do, known from its spec without loading it."
+    return self.kinds[name].capabilities_for(self.spec(name))
 
-    def estimate(self, name: str) -> int:
-        """Bytes model `name` will take once loaded and at work (a generation's cache), estimated without loading it
-        (and remembered)."""
-        if name not in self._sizes:
-            spec, kind = self.spec(name), self.kinds[name]
-            self._sizes[name] = kind.estimate_bytes(spec) + kind.working_bytes(spec)
-        return self._sizes[name]
 
-    @property
-    def used_bytes(self) -> int:
-        "Bytes of the loaded models and of those being loaded."
-        return sum(nbytes for _, nbytes in self._loaded.values()) + sum(self._reserved.values())
+@patch
+def languages(self: ModelManager, name: str) -> frozenset[str]:
+    "The languages model `name` reads and writes, known from its type without loading it."
+    return self.kinds[self.spec(name).name].languages
 
-    def loaded(self) -> list[str]:
-        "Names of the loaded models, least recently used first."
-        return list(self._loaded)
 
-    def _drop(self, name: str, kind: str) -> None:
-        model, nbytes = self._loaded.pop(name)
-        del model  # the manager's last reference: collected below, before the CUDA cache is emptied
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        self._log(kind, name, nbytes=nbytes)
+@patch
+def estimate(self: ModelManager, name: str) -> int:
+    """Bytes model `name` will take once loaded and at work (a generation's cache), estimated without loading it
+    (and remembered)."""
+    if name not in self._sizes:
+        spec, kind = self.spec(name), self.kinds[name]
+        self._sizes[name] = kind.estimate_bytes(spec) + kind.working_bytes(spec)
+    return self._sizes[name]
 
-    def _make_room(self, name: str, nbytes: int) -> None:
-        "Evict least recently used models not in use until `nbytes` more fit; if they cannot, evict nothing and raise."
-        if self.memory_budget is None:
+
+@patch(as_prop=True)
+def used_bytes(self: ModelManager) -> int:
+    "Bytes of the loaded models and of those being loaded."
+    return sum(nbytes for _, nbytes in self._loaded.values()) + sum(self._reserved.values())
+
+
+@patch
+def loaded(self: ModelManager) -> list[str]:
+    "Names of the loaded models, least recently used first."
+    return list(self._loaded)
+
+
+# %% ../../nbs/07d_manager.ipynb #f5c699e2
+@patch
+def _drop(self: ModelManager, name: str, kind: str) -> None:
+    model, nbytes = self._loaded.pop(name)
+    del model  # the manager's last reference: collected below, before the CUDA cache is emptied
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    self._log(kind, name, nbytes=nbytes)
+
+
+@patch
+def _make_room(self: ModelManager, name: str, nbytes: int) -> None:
+    "Evict least recently used models not in use until `nbytes` more fit; if they cannot, evict nothing and raise."
+    if self.memory_budget is None:
+        return
+    evictable = [n for n, (_, size) in self._loaded.items() if not self._pins.get(n) and size]
+    freeable = sum(self._loaded[n][1] for n in evictable)
+    if self.used_bytes - freeable + nbytes > self.memory_budget:
+        held = [n for n in [*self._loaded, *self._reserved] if n not in evictable]
+        raise BudgetExceeded(f"model {name!r} needs {nbytes / 2**20:.1f} MiB, but the {self.memory_budget / 2**20:.1f} "
+                             f"MiB budget cannot make room: models in use or loading hold "
+                             f"{(self.used_bytes - freeable) / 2**20:.1f} MiB: {', '.join(held) or 'none'}")
+    for victim in evictable:
+        if self.used_bytes + nbytes <= self.memory_budget:
             return
-        evictable = [n for n, (_, size) in self._loaded.items() if not self._pins.get(n) and size]
-        freeable = sum(self._loaded[n][1] for n in evictable)
-        if self.used_bytes - freeable + nbytes > self.memory_budget:
-            held = [n for n in [*self._loaded, *self._reserved] if n not in evictable]
-            raise BudgetExceeded(f"model {name!r} needs {nbytes / 2**20:.1f} MiB, but the {self.memory_budget / 2**20:.1f} "
-                                 f"MiB budget cannot make room: models in use or loading hold "
-                                 f"{(self.used_bytes - freeable) / 2**20:.1f} MiB: {', '.join(held) or 'none'}")
-        for victim in evictable:
-            if self.used_bytes + nbytes <= self.memory_budget:
-                return
-            self._drop(victim, "evict")
+        self._drop(victim, "evict")
 
-    def _hit(self, name: str, pin: bool) -> MultimodalModel:
-        "Under the lock: the loaded model `name`, now most recently used (and pinned if asked)."
-        self._loaded.move_to_end(name)
-        self._log("hit", name)
-        if pin:
-            self._pins[name] = self._pins.get(name, 0) + 1
-        return self._loaded[name][0]
 
-    def _get(self, name: str, pin: bool) -> MultimodalModel:
+@patch
+def _hit(self: ModelManager, name: str, pin: bool) -> MultimodalModel:
+    "Under the lock: the loaded model `name`, now most recently used (and pinned if asked)."
+    self._loaded.move_to_end(name)
+    self._log("hit", name)
+    if pin:
+        self._pins[name] = self._pins.get(name, 0) + 1
+    return self._loaded[name][0]
+
+
+# %% ../../nbs/07d_manager.ipynb #7e104eca
+@patch
+def _get(self: ModelManager, name: str, pin: bool) -> MultimodalModel:
+    with self._lock:
+        spec = self.spec(name)
+        if name in self._loaded:
+            return self._hit(name, pin)
+        gate = self._gates.setdefault(name, threading.Lock())
+    with gate:
         with self._lock:
-            spec = self.spec(name)
-            if name in self._loaded:
+            if name in self._loaded:  # loaded by another thread while this one waited
                 return self._hit(name, pin)
-            gate = self._gates.setdefault(name, threading.Lock())
-        with gate:
-            with self._lock:
-                if name in self._loaded:  # loaded by another thread while this one waited
-                    return self._hit(name, pin)
-            start = time.perf_counter()
-            try:
-                nbytes = self.estimate(name)
-                with self._lock:
-                    self._make_room(name, nbytes)
-                    self._reserved[name] = nbytes
-                try:
-                    model = self.kinds[name].from_spec(spec)
-                finally:
-                    with self._lock:
-                        del self._reserved[name]
-            except BudgetExceeded:
-                raise
-            except Exception as e:
-                self._log("fail", name, time.perf_counter() - start)
-                raise ModelLoadError(f"model {name!r} (type {spec.type!r}, path {spec.path!r}) failed to load: "
-                                     f"{type(e).__name__}: {e}") from e
-            with self._lock:
-                self._loaded[name] = (model, nbytes)
-                self._log("load", name, time.perf_counter() - start, nbytes)
-                if pin:
-                    self._pins[name] = self._pins.get(name, 0) + 1
-            return model
-
-    def get(self, name: str) -> MultimodalModel:
-        """Model `name`, loaded now if it is not (evicting least recently used models not in use). It is not pinned:
-        work with a model inside `use`, or a later load may evict it."""
-        return self._get(name, pin=False)
-
-    @contextmanager
-    def use(self, name: str) -> Iterator[MultimodalModel]:
-        "Model `name`, pinned for the duration of the block: no load evicts it meanwhile."
-        model = self._get(name, pin=True)
+        start = time.perf_counter()
         try:
-            yield model
-        finally:
+            nbytes = self.estimate(name)
             with self._lock:
-                self._pins[name] -= 1
-
-    def unload(self, name: str) -> None:
-        "Release model `name` (an error while a task uses it)."
+                self._make_room(name, nbytes)
+                self._reserved[name] = nbytes
+            try:
+                model = self.kinds[name].from_spec(spec)
+            finally:
+                with self._lock:
+                    del self._reserved[name]
+        except BudgetExceeded:
+            raise
+        except Exception as e:
+            self._log("fail", name, time.perf_counter() - start)
+            raise ModelLoadError(f"model {name!r} (type {spec.type!r}, path {spec.path!r}) failed to load: "
+                                 f"{type(e).__name__}: {e}") from e
         with self._lock:
-            self.spec(name)
-            if self._pins.get(name):
-                raise RuntimeError(f"model {name!r} is in use and cannot be unloaded")
-            if name in self._loaded:
-                self._drop(name, "unload")
+            self._loaded[name] = (model, nbytes)
+            self._log("load", name, time.perf_counter() - start, nbytes)
+            if pin:
+                self._pins[name] = self._pins.get(name, 0) + 1
+        return model
 
-    def counts(self) -> dict[str, int]:
-        "How many of each event happened, and how many loads were reloads of a model evicted or unloaded before."
-        counts = {kind: sum(e.kind == kind for e in self.events) for kind in ("load", "hit", "evict", "unload", "fail")}
-        loaded_before: set[str] = set()
-        counts["reload"] = 0
-        for e in self.events:
-            if e.kind == "load":
-                counts["reload"] += e.name in loaded_before
-                loaded_before.add(e.name)
-        return counts
+
+# %% ../../nbs/07d_manager.ipynb #9a1e0e52
+@patch
+def get(self: ModelManager, name: str) -> MultimodalModel:
+    """Model `name`, loaded now if it is not (evicting least recently used models not in use). It is not pinned:
+    work with a model inside `use`, or a later load may evict it."""
+    return self._get(name, pin=False)
+
+
+@patch
+@contextmanager
+def use(self: ModelManager, name: str) -> Iterator[MultimodalModel]:
+    "Model `name`, pinned for the duration of the block: no load evicts it meanwhile."
+    model = self._get(name, pin=True)
+    try:
+        yield model
+    finally:
+        with self._lock:
+            self._pins[name] -= 1
+
+
+@patch
+def unload(self: ModelManager, name: str) -> None:
+    "Release model `name` (an error while a task uses it)."
+    with self._lock:
+        self.spec(name)
+        if self._pins.get(name):
+            raise RuntimeError(f"model {name!r} is in use and cannot be unloaded")
+        if name in self._loaded:
+            self._drop(name, "unload")
+
+
+@patch
+def counts(self: ModelManager) -> dict[str, int]:
+    "How many of each event happened, and how many loads were reloads of a model evicted or unloaded before."
+    counts = {kind: sum(e.kind == kind for e in self.events) for kind in ("load", "hit", "evict", "unload", "fail")}
+    loaded_before: set[str] = set()
+    counts["reload"] = 0
+    for e in self.events:
+        if e.kind == "load":
+            counts["reload"] += e.name in loaded_before
+            loaded_before.add(e.name)
+    return counts
+
 
 # %% ../../nbs/07d_manager.ipynb #29ab0065
 def model_key(model: MultimodalModel) -> str:
@@ -232,6 +264,7 @@ def content_key(item: Image.Image | str, model: str) -> str:
     return h.hexdigest()
 
 
+# %% ../../nbs/07d_manager.ipynb #b21b6a77
 class EmbeddingCache:
     "Embeddings by content key, computed in batches only when missing; saved to and loaded from a safetensors file."
 
@@ -265,16 +298,19 @@ class EmbeddingCache:
         with self._lock:
             return torch.stack([self.store[k] for k in keys])
 
-    def save(self, path: str | Path | None = None) -> Path:
-        "Write the cache (atomically) to `path`, or to the file it was opened with."
-        from safetensors.torch import save_file
-        path = Path(path) if path is not None else self.path
-        if path is None:
-            raise ValueError("this cache has no file: give save() a path")
-        with self._lock:
-            store = dict(self.store)
-        atomic_write(path, lambda tmp: save_file(store, str(tmp)))
-        return path
+
+# %% ../../nbs/07d_manager.ipynb #853c3bc0
+@patch
+def save(self: EmbeddingCache, path: str | Path | None = None) -> Path:
+    "Write the cache (atomically) to `path`, or to the file it was opened with."
+    from safetensors.torch import save_file
+    path = Path(path) if path is not None else self.path
+    if path is None:
+        raise ValueError("this cache has no file: give save() a path")
+    with self._lock:
+        store = dict(self.store)
+    atomic_write(path, lambda tmp: save_file(store, str(tmp)))
+    return path
 
 
 # %% ../../nbs/07d_manager.ipynb #a01c5221
@@ -301,7 +337,7 @@ class ImageIndex:
 
 # %% ../../nbs/07d_manager.ipynb #6937aa1f
 def per_image_search(model: MultimodalModel, query: str, pool: Sequence[Image.Image], top_k: int = 1) -> list[int]:
-    "The seed chapter's retrieval, kept as the baseline to measure against: every pool image embedded alone, every query."
+    "The source chapters' retrieval, kept as the baseline to measure against: every pool image embedded alone, every query."
     text = model.encode_text([query])[0]
     scores = torch.stack([model.encode_image([image])[0] @ text for image in pool])
     return scores.topk(min(top_k, len(pool))).indices.tolist()

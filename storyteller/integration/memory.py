@@ -38,6 +38,7 @@ def resolve_dtype(dtype: str | None, device: str | torch.device) -> str | None:
     return "bfloat16" if native_bf16() else "float16"
 
 
+# %% ../../nbs/07c_memory.ipynb #cb0e540e
 def _within(name: str, modules: Sequence[str]) -> bool:
     "Whether parameter or module `name` lies inside one of `modules` (matched by dotted components, as transformers does)."
     return any(f".{m}." in f".{name}." for m in modules)
@@ -69,6 +70,7 @@ def parameter_bytes(model: nn.Module, dtype: torch.dtype | None = None, quantiza
     return int(total)
 
 
+# %% ../../nbs/07c_memory.ipynb #52946248
 def loaded_dtype(dtype: str | None, quantization: str | None, config) -> torch.dtype:
     "The dtype a Hugging Face model loads in: the entry's, float16 under quantization, else the checkpoint's own."
     if dtype is not None and dtype not in DTYPES:
@@ -88,6 +90,7 @@ def meta_model(model_class: type, config) -> nn.Module:
     return model
 
 
+# %% ../../nbs/07c_memory.ipynb #791413df
 def estimate_hf_bytes(path: str | Path, model_class: str, dtype: str | None = None, quantization: str | None = None) -> int:
     "Memory the checkpoint at `path` will take once loaded as `model_class`: built on the meta device, no weights read."
     import transformers
@@ -107,6 +110,7 @@ def estimate_own_bytes(path: str | Path | None, recipe: str) -> int:
     return parameter_bytes(model)
 
 
+# %% ../../nbs/07c_memory.ipynb #ae536d07
 def gpu_budget(share: float = 0.85) -> int | None:
     """A memory budget for the manager: `share` of the CUDA GPU's memory (the rest is CUDA's own context and the
     allocator's slack), or None (no budget) without CUDA."""
@@ -154,6 +158,7 @@ def published_configs() -> dict:
     }
 
 
+# %% ../../nbs/07c_memory.ipynb #482aba9e
 def with_published_configs(config: dict, folder: str | Path) -> dict:
     """`config` with each hub id it names replaced by a folder under `folder` that holds the checkpoint's published
     config and no weights: enough for the manager's estimates, with nothing downloaded."""
@@ -183,6 +188,7 @@ def kv_cache_bytes(text_config, dtype: torch.dtype, sequences: int, tokens: int)
     return 2 * text_config.num_hidden_layers * kv_heads * head_dim * tokens * sequences * dtype.itemsize
 
 
+# %% ../../nbs/07c_memory.ipynb #ee8a1d96
 def generation_bytes(text_config, dtype: torch.dtype, sequences: int, prompt_tokens: int, new_tokens: int) -> int:
     """Working memory of `generate` on `sequences` prompts of `prompt_tokens` continued by `new_tokens`: the whole
     key-value cache, the prefill's widest activations (the MLP's hidden layer, twice for a gated one) and the float32

@@ -36,6 +36,7 @@ def tiny_vision_config(image_size: int, width: int) -> dict:
             "num_hidden_layers": 2, "num_attention_heads": 4}
 
 
+# %% ../../nbs/A3_tiny.ipynb #4aee5d47
 def save_tiny_clip(directory: str | Path, width: int = 32, depth: int = 2, image_size: int = 32, seed: int = 0) -> Path:
     """Write a random-weight `CLIPModel` of the real class, sized for a CPU, and a `CLIPProcessor` on StoryWorld's
     tokenizer to `directory`, which `from_pretrained` then loads like a hub checkpoint."""
@@ -54,6 +55,7 @@ def save_tiny_clip(directory: str | Path, width: int = 32, depth: int = 2, image
     return Path(directory)
 
 
+# %% ../../nbs/A3_tiny.ipynb #c296a297
 def save_tiny_blip2(directory: str | Path, width: int = 32, image_size: int = 32, num_query_tokens: int = 4,
                     seed: int = 0) -> Path:
     "Write a random-weight `Blip2ForConditionalGeneration` (ViT, Q-Former, OPT) and its `Blip2Processor` to `directory`."
@@ -126,6 +128,7 @@ PROMPT_WORDS = ("a the of in on and is are what which where colour color shape s
                 "answer user assistant system you helpful").split()
 
 
+# %% ../../nbs/A3_tiny.ipynb #fe4f411d
 def word_tokenizer(special: Sequence[str], chat_template: str, pad: str, eos: str, bos: str | None = None,
                    extra_special: Sequence[str] = ()):
     """A word-level fast tokenizer over StoryWorld's words and a few prompt words: lowercase, split at spaces and
@@ -180,6 +183,7 @@ def save_tiny_llava(directory: str | Path, width: int = 32, image_size: int = 32
     return Path(directory)
 
 
+# %% ../../nbs/A3_tiny.ipynb #d35f8189
 def save_tiny_qwen_vl(directory: str | Path, version: str = "2", width: int = 32, seed: int = 0) -> Path:
     """Write a random-weight Qwen2-VL (`version="2"`) or Qwen2.5-VL (`"2.5"`) model of the native class and its
     processor. The image processor's `size` holds pixel counts: at least 56², at most 112² pixels per image."""

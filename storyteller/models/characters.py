@@ -75,6 +75,7 @@ def character_caption(scene: Scene, template: int = 0) -> str:
     return EN["two"][template].format(a1=say(first), p1=where[first.position], a2=say(second), p2=where[second.position], bg=bg)
 
 
+# %% ../../nbs/06b_characters.ipynb #013411ff
 def character_prompts(character: CharacterLook, n: int = 32, seed: int = 1, pairs: bool = False) -> tuple[list[str], list[Scene]]:
     """`n` captions of `character` at random positions and backgrounds, and their scenes (seed 0 makes the training
     examples); with `pairs`, each scene puts another, unnamed actor beside the character."""
@@ -195,6 +196,7 @@ def adapter_swapper(model: nn.Module, adapters: dict[str, dict[str, torch.Tensor
             layer.disabled = False
 
 
+# %% ../../nbs/06b_characters.ipynb #6d616cc2
 @torch.no_grad()
 def generate_regions(model: TextToImage, pictures: Sequence[Sequence[Region]],
                      adapters: dict[str, dict[str, torch.Tensor]] | None = None, *, steps: int = 50,

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastcore.basics import patch_to
+
 from ..checks import check_choice
 from ..core import RUNTIMES, History, Recipe, RecipeConfig, Train, capped, fit, get_device, global_draw
 from .foundations import MINICLIP_MODEL, CrossModalAttention, MiniCLIPModel, miniclip_from
@@ -31,9 +33,9 @@ __all__ = ['PREDICTION_TYPES', 'SCHEDULES', 'SPACINGS', 'VARIANCES', 'SAMPLERS',
            'NoiseSchedule', 'sampling_timesteps', 'Sampler', 'DDPM', 'DDIM', 'get_sampler', 'sample',
            'classifier_free_guidance', 'timestep_embedding', 'TimestepEmbedder', 'TimeResBlock', 'SpatialTransformer',
            'UNet', 'TextToImage', 'min_snr_weight', 'ema_model', 'scene_prompts', 'single_actor_prompts',
-           'evaluate_text_to_image', 'sampler_sweep', 'TextToImageModel', 'UNetModel', 'DiffusionTrain',
-           'DiffusionEval', 'TextToImageConfig', 'UNetConfig', 'text_to_image', 'build_unet', 'fit_text_to_image',
-           'train_text_to_image']
+           'judged_pictures', 'evaluate_text_to_image', 'sampler_sweep', 'TextToImageModel', 'UNetModel',
+           'DiffusionTrain', 'DiffusionEval', 'TextToImageConfig', 'UNetConfig', 'text_to_image', 'build_unet',
+           'fit_text_to_image', 'train_text_to_image']
 
 # %% ../../nbs/04_diffusion.ipynb #740d436f
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -91,33 +93,41 @@ class NoiseSchedule:
         a = self.alpha_bar(t, x0.ndim)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
-    def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        "Mean and variance of q(x_{t−1} | x_t, x₀)."
-        a, a_prev = self.alpha_bar(t, x_t.ndim), self.alpha_bar(t - 1, x_t.ndim)
-        alpha, beta = a / a_prev, 1 - a / a_prev
-        mean = a_prev.sqrt() * beta / (1 - a) * x0 + alpha.sqrt() * (1 - a_prev) / (1 - a) * x_t
-        return mean, (1 - a_prev) / (1 - a) * beta
 
-    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prediction_type: str) -> torch.Tensor:
-        "What a model of `prediction_type` learns to output for x_t = q_sample(x0, t, noise)."
-        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-        if prediction_type == "epsilon":
-            return noise
-        if prediction_type == "sample":
-            return x0
-        a = self.alpha_bar(t, x0.ndim)
-        return a.sqrt() * noise - (1 - a).sqrt() * x0
+# %% ../../nbs/04_diffusion.ipynb #61a0fdd7
+@patch_to(NoiseSchedule)
+def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "Mean and variance of q(x_{t−1} | x_t, x₀)."
+    a, a_prev = self.alpha_bar(t, x_t.ndim), self.alpha_bar(t - 1, x_t.ndim)
+    alpha, beta = a / a_prev, 1 - a / a_prev
+    mean = a_prev.sqrt() * beta / (1 - a) * x0 + alpha.sqrt() * (1 - a_prev) / (1 - a) * x_t
+    return mean, (1 - a_prev) / (1 - a) * beta
 
-    def predict_x0_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                       prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-        "The clean image x̂₀ and the noise ε̂ that a model output of `prediction_type` implies at x_t."
-        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-        a = self.alpha_bar(t, x_t.ndim)
-        if prediction_type == "epsilon":
-            return (x_t - (1 - a).sqrt() * output) / a.sqrt(), output
-        if prediction_type == "sample":
-            return output, (x_t - a.sqrt() * output) / (1 - a).sqrt()
-        return a.sqrt() * x_t - (1 - a).sqrt() * output, a.sqrt() * output + (1 - a).sqrt() * x_t
+
+@patch_to(NoiseSchedule)
+def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    "What a model of `prediction_type` learns to output for x_t = q_sample(x0, t, noise)."
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return x0
+    a = self.alpha_bar(t, x0.ndim)
+    return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
+@patch_to(NoiseSchedule)
+def predict_x0_eps(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                   prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    "The clean image x̂₀ and the noise ε̂ that a model output of `prediction_type` implies at x_t."
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    a = self.alpha_bar(t, x_t.ndim)
+    if prediction_type == "epsilon":
+        return (x_t - (1 - a).sqrt() * output) / a.sqrt(), output
+    if prediction_type == "sample":
+        return output, (x_t - a.sqrt() * output) / (1 - a).sqrt()
+    return a.sqrt() * x_t - (1 - a).sqrt() * output, a.sqrt() * output + (1 - a).sqrt() * x_t
+
 
 # %% ../../nbs/04_diffusion.ipynb #048c8f22
 SPACINGS = ("leading", "trailing", "linspace")
@@ -293,6 +303,7 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(timestep_embedding(t, self.frequency_dim))
 
 
+# %% ../../nbs/04_diffusion.ipynb #0d5028ea
 class TimeResBlock(nn.Module):
     "ResNet block whose second normalisation is scaled and shifted by the time embedding: GN(h)·(1 + s) + b."
 
@@ -312,6 +323,7 @@ class TimeResBlock(nn.Module):
         return self.skip(x) + h
 
 
+# %% ../../nbs/04_diffusion.ipynb #90963a4f
 class SpatialTransformer(nn.Module):
     "Feature map → tokens → self-attention, cross-attention to text tokens, MLP (pre-norm, residual) → feature map."
 
@@ -338,6 +350,7 @@ class SpatialTransformer(nn.Module):
             tokens = tokens + self.cross_attn(self.norm2(tokens), context, pad)
         tokens = tokens + self.mlp(self.norm3(tokens))
         return x + self.proj_out(tokens.transpose(1, 2).reshape(b, c, h, w))
+
 
 # %% ../../nbs/04_diffusion.ipynb #ce116f19
 class UNet(nn.Module):
@@ -375,34 +388,39 @@ class UNet(nn.Module):
         self.out = nn.Sequential(group_norm(c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight); nn.init.zeros_(self.out[-1].bias)
 
-    @staticmethod
-    def _run(layers: nn.ModuleList, h, emb, context, context_mask):
-        for layer in layers:
-            if isinstance(layer, TimeResBlock):
-                h = layer(h, emb)
-            elif isinstance(layer, SpatialTransformer):
-                h = layer(h, context, context_mask)
-            else:
-                h = layer(h)
-        return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        "The prediction for noisy images `x` `(B, C, H, W)` at timesteps `t` `(B,)`, given caption token states `context` `(B, L, d)` (state 0 pooled)."
-        if context is not None and len(context) != len(x):
-            raise ValueError(f"context has {len(context)} rows for a batch of {len(x)} images")
-        emb = self.time_embed(t)
-        if self.pooled_embed is not None and context is not None:
-            emb = emb + self.pooled_embed(context[:, 0])
-        h = self.conv_in(x)
-        hs = [h]
-        for layers in self.down:
-            h = self._run(layers, h, emb, context, context_mask)
-            hs.append(h)
-        h = self._run(self.mid, h, emb, context, context_mask)
-        for layers in self.up:
-            h = self._run(layers, torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
-        return self.out(h)
+# %% ../../nbs/04_diffusion.ipynb #742e05f1
+@patch_to(UNet)
+def _run(self, layers: nn.ModuleList, h, emb, context, context_mask):
+    for layer in layers:
+        if isinstance(layer, TimeResBlock):
+            h = layer(h, emb)
+        elif isinstance(layer, SpatialTransformer):
+            h = layer(h, context, context_mask)
+        else:
+            h = layer(h)
+    return h
+
+
+@patch_to(UNet)
+def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
+            context_mask: torch.Tensor | None = None) -> torch.Tensor:
+    "The prediction for noisy images `x` `(B, C, H, W)` at timesteps `t` `(B,)`, given caption token states `context` `(B, L, d)` (state 0 pooled)."
+    if context is not None and len(context) != len(x):
+        raise ValueError(f"context has {len(context)} rows for a batch of {len(x)} images")
+    emb = self.time_embed(t)
+    if self.pooled_embed is not None and context is not None:
+        emb = emb + self.pooled_embed(context[:, 0])
+    h = self.conv_in(x)
+    hs = [h]
+    for layers in self.down:
+        h = self._run(layers, h, emb, context, context_mask)
+        hs.append(h)
+    h = self._run(self.mid, h, emb, context, context_mask)
+    for layers in self.up:
+        h = self._run(layers, torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
+    return self.out(h)
+
 
 # %% ../../nbs/04_diffusion.ipynb #8f41b088
 class TextToImage(nn.Module):
@@ -437,71 +455,89 @@ class TextToImage(nn.Module):
             self.codec.eval()
         return self
 
-    def encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token states `(B, L, d)` and attention mask `(B, L)` of `captions` (an empty caption is the null condition);
-        with gradients only while a trainable text encoder trains."""
-        device = next(self.text_encoder.parameters()).device
-        tokens = self.tokenizer(list(captions), padding=True, return_tensors="pt").to(device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_text and self.training):
-            return self.text_encoder(tokens["input_ids"], tokens["attention_mask"]), tokens["attention_mask"]
 
-    def trainable(self) -> nn.Module:
-        "What training updates (and an EMA averages): the denoiser, and the text encoder when it trains."
-        return nn.ModuleDict({"denoiser": self.denoiser, "text_encoder": self.text_encoder}) if self.train_text else self.denoiser
+# %% ../../nbs/04_diffusion.ipynb #03b69cbf
+@patch_to(TextToImage)
+def encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token states `(B, L, d)` and attention mask `(B, L)` of `captions` (an empty caption is the null condition);
+    with gradients only while a trainable text encoder trains."""
+    device = next(self.text_encoder.parameters()).device
+    tokens = self.tokenizer(list(captions), padding=True, return_tensors="pt").to(device)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_text and self.training):
+        return self.text_encoder(tokens["input_ids"], tokens["attention_mask"]), tokens["attention_mask"]
 
-    def to_model_space(self, images: torch.Tensor) -> torch.Tensor:
-        "Images in [0, 1] → what the denoiser models: pixels in [−1, 1], or the codec's latents."
-        if self.codec is None:
-            return images * 2 - 1
-        with torch.no_grad():
-            return self.codec.encode(images)
 
-    def to_images(self, x: torch.Tensor) -> torch.Tensor:
-        "The denoiser's space → images in [0, 1]."
-        if self.codec is None:
-            return ((x + 1) / 2).clamp(0, 1)
-        return self.codec.decode(x).clamp(0, 1)
+@patch_to(TextToImage)
+def trainable(self) -> nn.Module:
+    "What training updates (and an EMA averages): the denoiser, and the text encoder when it trains."
+    return nn.ModuleDict({"denoiser": self.denoiser, "text_encoder": self.text_encoder}) if self.train_text else self.denoiser
 
-    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        """The denoising loss on a batch of images and captions, with condition dropout for classifier-free guidance
-        (each picture's squared error weighted by `min_snr_weight` when the model has an `snr_gamma`). Its random
-        numbers are drawn for the global batch (`global_draw`): data-parallel training draws what one process would."""
-        x0 = self.to_model_space(batch["image"])
-        n = len(x0)
-        keep = global_draw(torch.rand, n) >= self.cond_drop
-        context, mask = self.encode_text([c if k else "" for c, k in zip(batch["caption"], keep)])
-        t = global_draw(lambda size: torch.randint(0, self.schedule.num_steps, (size,), device=x0.device), n)
-        noise = global_draw(lambda size: torch.randn(size, *x0.shape[1:], dtype=x0.dtype, device=x0.device), n)
-        x_t = self.schedule.q_sample(x0, t, noise)
-        output = self.denoiser(x_t, t, context, mask)
-        error = (output.float() - self.schedule.target(x0, noise, t, self.prediction_type)).pow(2).flatten(1).mean(1)
-        if self.snr_gamma is not None:
-            error = error * min_snr_weight(self.schedule, t, self.snr_gamma, self.prediction_type)
-        return error.mean(), {}
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        "The training loss (`loss`), as `model(batch)`: through DistributedDataParallel, which averages the gradients."
-        return self.loss(batch)
+@patch_to(TextToImage)
+def to_model_space(self, images: torch.Tensor) -> torch.Tensor:
+    "Images in [0, 1] → what the denoiser models: pixels in [−1, 1], or the codec's latents."
+    if self.codec is None:
+        return images * 2 - 1
+    with torch.no_grad():
+        return self.codec.encode(images)
 
-    @torch.no_grad()
-    def generate(self, captions: Sequence[str], *, steps: int = 50, sampler: str | Sampler = "ddim",
-                 guidance_scale: float = 3.0, generator: torch.Generator | None = None, batch_size: int = 256,
-                 progress: bool = False) -> torch.Tensor:
-        "Images `(B, 3, S, S)` in [0, 1] for `captions`, sampled by `sampler` with classifier-free guidance (see `sample`)."
-        was_training = self.training
-        self.eval()
-        device = next(self.denoiser.parameters()).device
-        images = []
-        for start in range(0, len(captions), batch_size):
-            part = list(captions[start:start + batch_size])
-            context, mask = self.encode_text(part + [""])
-            null, null_mask = context[-1:], mask[-1:]
-            guided = classifier_free_guidance(self.denoiser, context[:-1], null, guidance_scale, mask[:-1], null_mask)
-            x = sample(guided, (len(part), *self.sample_shape), self.schedule, sampler, steps=steps,
-                       prediction_type=self.prediction_type, generator=generator, device=device, progress=progress)
-            images.append(self.to_images(x).float().cpu())
-        self.train(was_training)
-        return torch.cat(images)
+
+@patch_to(TextToImage)
+def to_images(self, x: torch.Tensor) -> torch.Tensor:
+    "The denoiser's space → images in [0, 1]."
+    if self.codec is None:
+        return ((x + 1) / 2).clamp(0, 1)
+    return self.codec.decode(x).clamp(0, 1)
+
+
+# %% ../../nbs/04_diffusion.ipynb #937c5ede
+@patch_to(TextToImage)
+def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    """The denoising loss on a batch of images and captions, with condition dropout for classifier-free guidance
+    (each picture's squared error weighted by `min_snr_weight` when the model has an `snr_gamma`). Its random
+    numbers are drawn for the global batch (`global_draw`): data-parallel training draws what one process would."""
+    x0 = self.to_model_space(batch["image"])
+    n = len(x0)
+    keep = global_draw(torch.rand, n) >= self.cond_drop
+    context, mask = self.encode_text([c if k else "" for c, k in zip(batch["caption"], keep)])
+    t = global_draw(lambda size: torch.randint(0, self.schedule.num_steps, (size,), device=x0.device), n)
+    noise = global_draw(lambda size: torch.randn(size, *x0.shape[1:], dtype=x0.dtype, device=x0.device), n)
+    x_t = self.schedule.q_sample(x0, t, noise)
+    output = self.denoiser(x_t, t, context, mask)
+    error = (output.float() - self.schedule.target(x0, noise, t, self.prediction_type)).pow(2).flatten(1).mean(1)
+    if self.snr_gamma is not None:
+        error = error * min_snr_weight(self.schedule, t, self.snr_gamma, self.prediction_type)
+    return error.mean(), {}
+
+
+@patch_to(TextToImage)
+def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    "The training loss (`loss`), as `model(batch)`: through DistributedDataParallel, which averages the gradients."
+    return self.loss(batch)
+
+
+# %% ../../nbs/04_diffusion.ipynb #8ceceffb
+@patch_to(TextToImage)
+@torch.no_grad()
+def generate(self, captions: Sequence[str], *, steps: int = 50, sampler: str | Sampler = "ddim",
+             guidance_scale: float = 3.0, generator: torch.Generator | None = None, batch_size: int = 256,
+             progress: bool = False) -> torch.Tensor:
+    "Images `(B, 3, S, S)` in [0, 1] for `captions`, sampled by `sampler` with classifier-free guidance (see `sample`)."
+    was_training = self.training
+    self.eval()
+    device = next(self.denoiser.parameters()).device
+    images = []
+    for start in range(0, len(captions), batch_size):
+        part = list(captions[start:start + batch_size])
+        context, mask = self.encode_text(part + [""])
+        null, null_mask = context[-1:], mask[-1:]
+        guided = classifier_free_guidance(self.denoiser, context[:-1], null, guidance_scale, mask[:-1], null_mask)
+        x = sample(guided, (len(part), *self.sample_shape), self.schedule, sampler, steps=steps,
+                   prediction_type=self.prediction_type, generator=generator, device=device, progress=progress)
+        images.append(self.to_images(x).float().cpu())
+    self.train(was_training)
+    return torch.cat(images)
+
 
 # %% ../../nbs/04_diffusion.ipynb #1f3f0126
 def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
@@ -538,21 +574,31 @@ def single_actor_prompts(n: int = 256, lang: str = "en") -> tuple[list[str], lis
     return scene_prompts(n, 1, lang)
 
 
+# %% ../../nbs/04_diffusion.ipynb #0d0fa3cb
+def judged_pictures(draw: Callable[[], torch.Tensor], scenes: Sequence, *, judge: AttributeJudge,
+                    n_actors: int = 1) -> dict[str, float]:
+    """Run `draw()` (timed) for pictures of `scenes` and report what the judge finds in them: the share of facts per
+    attribute and overall, the share of whole scenes right (`scene`), StoryWorld FID against as many real scenes
+    (`fid`), and the seconds the drawing took — the measurement every text-to-image model of the book is judged by."""
+    start = time.perf_counter()
+    images = draw()
+    seconds = time.perf_counter() - start
+    preds = judge_predictions(judge, images)
+    whole = sum(all(attributes_found(p, s)) for p, s in zip(preds, scenes)) / len(scenes)
+    return {**fact_scores(preds, scenes), "scene": whole, "fid": storyworld_fid(judge, images, n_actors=n_actors),
+            "seconds": seconds}
+
+
 def evaluate_text_to_image(model: TextToImage, n: int = 256, *, judge: AttributeJudge, n_actors: int = 1,
                            world: int = 0, steps: int = 50, sampler: str | Sampler = "ddim", guidance_scale: float = 3.0,
                            seed: int = 0, batch_size: int = 256) -> dict[str, float]:
-    """What the judge finds in pictures generated for `n` held-out `scene_prompts`: the share of facts per attribute
-    and overall, the share of whole scenes right (`scene`), StoryWorld FID against as many real scenes (`fid`), and the
-    seconds the sampling took. A smoke run (`STORYTELLER_STEP_CAP`) samples in fewer steps."""
+    """`judged_pictures` for pictures generated for `n` held-out `scene_prompts`. A smoke run (`STORYTELLER_STEP_CAP`)
+    samples in fewer steps."""
     captions, scenes = scene_prompts(n, n_actors, world=world)
-    start = time.perf_counter()
-    images = model.generate(captions, steps=capped(steps), sampler=sampler, guidance_scale=guidance_scale,
-                            generator=torch.Generator().manual_seed(seed), batch_size=batch_size)
-    seconds = time.perf_counter() - start
-    preds = judge_predictions(judge, images)
-    whole = sum(all(attributes_found(p, s)) for p, s in zip(preds, scenes)) / n
-    return {**fact_scores(preds, scenes), "scene": whole, "fid": storyworld_fid(judge, images, n_actors=n_actors),
-            "seconds": seconds}
+    generator = torch.Generator().manual_seed(seed)
+    return judged_pictures(lambda: model.generate(captions, steps=capped(steps), sampler=sampler,
+                                                  guidance_scale=guidance_scale, generator=generator,
+                                                  batch_size=batch_size), scenes, judge=judge, n_actors=n_actors)
 
 
 SAMPLER_SWEEP = (("ddim", 10), ("ddim", 25), ("ddim", 50), ("ddim", 100), ("ddpm", 1000))
@@ -586,6 +632,7 @@ class UNetModel(TextToImageModel):
     heads: int = 4
 
 
+# %% ../../nbs/04_diffusion.ipynb #20c4d9c6
 @dataclass(frozen=True, kw_only=True)
 class DiffusionTrain(Train):
     """Denoising training: the caption dropped `cond_drop` of the time (for guidance), an EMA of the weights, the text
@@ -644,6 +691,7 @@ def build_unet(config: UNetConfig) -> TextToImage:
     return text_to_image(unet, config)
 
 
+# %% ../../nbs/04_diffusion.ipynb #b934f430
 def fit_text_to_image(model: TextToImage, config: TextToImageConfig, progress: bool = True, *,
                       miniclip: nn.Module) -> History:
     """Train `model`'s denoiser as `config` says, reading captions with the text encoder of `miniclip`; an EMA of its

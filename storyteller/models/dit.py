@@ -31,7 +31,8 @@ from ..world.judge import AttributeJudge
 
 # %% auto #0
 __all__ = ['DIT_SIZES', 'DIT_CONFIGS', 'dit_recipe', 'modulate', 'sincos_1d', 'sincos_2d', 'SelfAttention', 'DiTBlock',
-           'FinalLayer', 'DiT', 'LatentCodec', 'DiTModel', 'DiTConfig', 'build_dit', 'use_autoencoder', 'train_dit']
+           'FinalLayer', 'DiT', 'initialize_dit', 'LatentCodec', 'DiTModel', 'DiTConfig', 'build_dit',
+           'use_autoencoder', 'train_dit']
 
 # %% ../../nbs/05_dit.ipynb #06ac27ea
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -72,7 +73,7 @@ class SelfAttention(nn.Module):
 
 # %% ../../nbs/05_dit.ipynb #f6c63182
 class DiTBlock(nn.Module):
-    "A transformer block with adaLN-Zero: the condition sets shift, scale and a gate for attention and MLP; gates start at 0."
+    "A transformer block with adaLN-Zero: the condition sets shift, scale and a gate for self-attention and MLP (gates start at 0); the optional cross-attention has no gate."
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, context_dim: int | None = None):
         super().__init__()
@@ -126,23 +127,7 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList([DiTBlock(dim, heads, mlp_ratio, context_dim if cross_attention else None)
                                      for _ in range(depth)])
         self.final_layer = FinalLayer(dim, patch_size, in_channels)
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
-        "DiT's initialisation: Xavier-uniform linears, N(0, 0.02) timestep MLP, and zeros for every adaLN and the output."
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        w = self.x_embedder.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1)); nn.init.zeros_(self.x_embedder.bias)
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight); nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-            nn.init.zeros_(layer.weight); nn.init.zeros_(layer.bias)
+        initialize_dit(self)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         "Tokens `(B, N, p·p·C)` → feature maps `(B, C, H, W)`."
@@ -161,6 +146,26 @@ class DiT(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, c, context, context_mask)
         return self.unpatchify(self.final_layer(tokens, c))
+
+
+# %% ../../nbs/05_dit.ipynb #2cac5fd6
+def initialize_dit(model: DiT) -> DiT:
+    "DiT's initialisation: Xavier-uniform linears, N(0, 0.02) timestep MLP, and zeros for every adaLN map and the output."
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    w = model.x_embedder.weight
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1)); nn.init.zeros_(model.x_embedder.bias)
+    for layer in (model.t_embedder.mlp[0], model.t_embedder.mlp[2]):
+        nn.init.normal_(layer.weight, std=0.02)
+    for block in model.blocks:
+        nn.init.zeros_(block.adaLN_modulation[-1].weight); nn.init.zeros_(block.adaLN_modulation[-1].bias)
+    for layer in (model.final_layer.adaLN_modulation[-1], model.final_layer.linear):
+        nn.init.zeros_(layer.weight); nn.init.zeros_(layer.bias)
+    return model
+
 
 # %% ../../nbs/05_dit.ipynb #ea290461
 class LatentCodec(nn.Module):

@@ -29,8 +29,8 @@ __all__ = ['MAX_LOGIT_SCALE', 'IGNORE_INDEX', 'ATTRIBUTE_VALUES', 'MINICLIP_MODE
            'contrastive_logits', 'contrastive_loss', 'swap_attribute', 'caption_style', 'swapped_caption',
            'binding_negatives', 'negclip_loss', 'mask_tokens', 'MLMHead', 'masked_lm_loss', 'mine_hard_negatives',
            'ITMHead', 'ImageEncoder', 'TextEncoder', 'MiniCLIP', 'clip_step_loss', 'VisionLanguagePretrainer',
-           'embed_texts', 'embed_images', 'retrieval_metrics', 'binding_accuracy', 'one_actor_scenes',
-           'attribute_value', 'zero_shot_classifiers', 'zero_shot_accuracy', 'MiniCLIPModel', 'CLIPTrain',
+           'embed_texts', 'embed_images', 'retrieval_metrics', 'one_actor_scenes', 'attribute_value',
+           'zero_shot_classifiers', 'zero_shot_accuracy', 'binding_accuracy', 'MiniCLIPModel', 'CLIPTrain',
            'MiniCLIPConfig', 'miniclip_from', 'build_miniclip', 'evaluate_miniclip', 'train_miniclip']
 
 # %% ../../nbs/01_foundations.ipynb #aa45f276
@@ -183,6 +183,7 @@ def binding_negatives(captions: Sequence[str], labels: torch.Tensor, rng: random
     return [s for s in swapped if s is not None]
 
 
+# %% ../../nbs/01_foundations.ipynb #61ae92b3
 def negclip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, negative_emb: torch.Tensor,
                  logit_scale: torch.Tensor) -> torch.Tensor:
     """The contrastive loss with extra negative captions (NegCLIP): image i picks caption i among the batch's captions
@@ -212,6 +213,7 @@ def mask_tokens(input_ids: torch.Tensor, special_mask: torch.Tensor, mask_token_
     return masked, labels
 
 
+# %% ../../nbs/01_foundations.ipynb #02b18263
 class MLMHead(nn.Module):
     "Predict the original token at every position from fused states (dense, GELU, LayerNorm, decoder)."
 
@@ -316,6 +318,7 @@ class MiniCLIP(nn.Module):
         return contrastive_logits(self.encode_image(images), self.encode_text(input_ids, attention_mask), self.logit_scale)
 
 
+# %% ../../nbs/01_foundations.ipynb #933b6d6a
 def clip_step_loss(tokenizer, hard_negatives: bool = False, seed: int = 0) -> callable:
     """A `fit` loss function: tokenize the batch's captions and return the contrastive loss; with `hard_negatives`,
     `negclip_loss` against the batch's `binding_negatives` (drawn reproducibly from `seed`)."""
@@ -405,20 +408,6 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, image_lab
 
 
 # %% ../../nbs/01_foundations.ipynb #e55f69bf
-def binding_accuracy(model: MiniCLIP, tokenizer, n: int = 500, lang: str = "en", image_size: int = 32,
-                     seed: int = 0) -> float:
-    """How often `model` prefers a two-actor test image's own caption to the same caption with one attribute swapped
-    between the actors (`swap_attribute`). Ties count half, so a bag of words scores exactly 50%."""
-    data = load_split("test", n, lang, image_size=image_size, n_actors=2)
-    rng = random.Random(seed)
-    pairs = [(i, negative) for i, (scene, text) in enumerate(zip(data["scene"], data["caption"]))
-             if (negative := swapped_caption(scene, text, rng)) is not None]
-    own, swapped = [data["caption"][i] for i, _ in pairs], [negative for _, negative in pairs]
-    images = embed_images(model, data["image"][[i for i, _ in pairs]])
-    margin = (images * embed_texts(model, tokenizer, own)).sum(-1) - (images * embed_texts(model, tokenizer, swapped)).sum(-1)
-    return ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
-
-
 def one_actor_scenes() -> list[Scene]:
     "Every one-actor scene of the world (without names): 6 × 5 × 8 × 2 × 3 = 1,440."
     return [Scene(bg, (Actor(sh, co, si, po),)) for bg, sh, co, si, po in
@@ -452,6 +441,21 @@ def zero_shot_accuracy(model: MiniCLIP, tokenizer, images: torch.Tensor, scenes:
         truth = torch.tensor([ATTRIBUTE_VALUES[attribute].index(attribute_value(s, attribute)) for s in scenes])
         out[attribute] = (pred == truth).float().mean().item()
     return out
+
+
+# %% ../../nbs/01_foundations.ipynb #25e7b9bc
+def binding_accuracy(model: MiniCLIP, tokenizer, n: int = 500, lang: str = "en", image_size: int = 32,
+                     seed: int = 0) -> float:
+    """How often `model` prefers a two-actor test image's own caption to the same caption with one attribute swapped
+    between the actors (`swap_attribute`). Ties count half, so a bag of words scores exactly 50%."""
+    data = load_split("test", n, lang, image_size=image_size, n_actors=2)
+    rng = random.Random(seed)
+    pairs = [(i, negative) for i, (scene, text) in enumerate(zip(data["scene"], data["caption"]))
+             if (negative := swapped_caption(scene, text, rng)) is not None]
+    own, swapped = [data["caption"][i] for i, _ in pairs], [negative for _, negative in pairs]
+    images = embed_images(model, data["image"][[i for i, _ in pairs]])
+    margin = (images * embed_texts(model, tokenizer, own)).sum(-1) - (images * embed_texts(model, tokenizer, swapped)).sum(-1)
+    return ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
 
 
 # %% ../../nbs/01_foundations.ipynb #e13e0627
@@ -493,6 +497,7 @@ MINICLIP_CONFIGS = {  # the GPU trains longer, on bigger batches of bigger pictu
 }
 
 
+# %% ../../nbs/01_foundations.ipynb #1dd7e340
 def miniclip_from(model: MiniCLIPModel) -> MiniCLIP:
     "An untrained `MiniCLIP` of the architecture `model`, checked against the StoryWorld tokenizer."
     tok = build_tokenizer()

@@ -61,29 +61,6 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
 
-    def delta_weight(self) -> torch.Tensor:
-        "The update s·B A in the base weight's shape, in float32."
-        return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        "Fold the update into the base weight (in float32, then cast): one matmul per call, as fast as the base layer."
-        if self.merged:
-            raise RuntimeError("this LoRA layer is already merged")
-        merged = self.base_layer.weight.float() + self.delta_weight()
-        if not torch.isfinite(merged).all():
-            raise ValueError("merging would put NaN or inf into the base weight; it was left unchanged")
-        self.base_layer.weight.copy_(merged)
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        "Subtract the update from the base weight again (exact up to float32 rounding)."
-        if not self.merged:
-            raise RuntimeError("this LoRA layer is not merged")
-        self.base_layer.weight.copy_(self.base_layer.weight.float() - self.delta_weight())
-        self.merged = False
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
         if self.merged or self.disabled:
@@ -92,6 +69,37 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, merged={self.merged}"
+
+
+# %% ../../nbs/06_lora.ipynb #55461939
+def _delta_weight(self: LoRALinear) -> torch.Tensor:
+    "The update s·B A in the base weight's shape, in float32."
+    return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
+
+
+@torch.no_grad()
+def _merge(self: LoRALinear) -> None:
+    "Fold the update into the base weight (in float32, then cast): one matmul per call, as fast as the base layer."
+    if self.merged:
+        raise RuntimeError("this LoRA layer is already merged")
+    merged = self.base_layer.weight.float() + self.delta_weight()
+    if not torch.isfinite(merged).all():
+        raise ValueError("merging would put NaN or inf into the base weight; it was left unchanged")
+    self.base_layer.weight.copy_(merged)
+    self.merged = True
+
+
+@torch.no_grad()
+def _unmerge(self: LoRALinear) -> None:
+    "Subtract the update from the base weight again (exact up to float32 rounding)."
+    if not self.merged:
+        raise RuntimeError("this LoRA layer is not merged")
+    self.base_layer.weight.copy_(self.base_layer.weight.float() - self.delta_weight())
+    self.merged = False
+
+
+LoRALinear.delta_weight, LoRALinear.merge, LoRALinear.unmerge = _delta_weight, _merge, _unmerge
+
 
 # %% ../../nbs/06_lora.ipynb #00b75421
 ALL_LINEAR = "all-linear"
@@ -133,6 +141,7 @@ def find_lora_targets(model: nn.Module, target_modules: str | Sequence[str],
     return names
 
 
+# %% ../../nbs/06_lora.ipynb #f93aaed4
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     "The model's `LoRALinear` layers by name."
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
@@ -163,6 +172,7 @@ def count_parameters(model: nn.Module) -> dict[str, float]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total, "trainable %": 100 * trainable / max(total, 1)}
+
 
 # %% ../../nbs/06_lora.ipynb #d6c61452
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -230,6 +240,7 @@ def _shared_settings(layers: dict[str, LoRALinear]) -> dict:
     return {"r": r, "lora_alpha": alpha, "lora_dropout": dropout, "use_rslora": use_rslora}
 
 
+# %% ../../nbs/06_lora.ipynb #618f108c
 def save_adapter(model: nn.Module, directory: str | Path, base_model_name_or_path: str | None = None) -> Path:
     """Write `model`'s adapter in peft's layout — `adapter_model.safetensors` (keys `base_model.model.<name>.lora_A.weight`)
     and `adapter_config.json` — atomically, so that peft's `PeftModel.from_pretrained` loads it too."""
@@ -278,6 +289,7 @@ def read_adapter_config(directory: str | Path) -> dict:
     return config
 
 
+# %% ../../nbs/06_lora.ipynb #911a3135
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     """Load an adapter written by `save_adapter` or by peft into `model`: inject LoRA layers if it has none, else swap
     the weights of those it has (switching adapters). The layers end unmerged."""
@@ -397,6 +409,7 @@ def training_footprint(model: nn.Module, loss_fn: Callable[[nn.Module, dict], to
     return out
 
 
+# %% ../../nbs/06_lora.ipynb #a17a46bf
 def _rss_mib() -> tuple[float, float]:
     "This process's resident memory now and its peak so far, in MiB (Linux)."
     import resource
@@ -438,3 +451,4 @@ def footprint_in_fresh_process(source: str | Path, lora_targets: Sequence[str] |
     if run.returncode:
         raise RuntimeError(f"the footprint run for {source} failed:\n{run.stderr[-3000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1])
+

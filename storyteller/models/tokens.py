@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, fields
 from typing import Sequence
 
@@ -13,13 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastcore.basics import patch_to
+
 from ..core import RUNTIMES, History, Recipe, RecipeConfig, Train, capped, fit, get_device, global_draw
-from .diffusion import DIFFUSION_DATA, TextToImage, scene_prompts
+from .diffusion import DIFFUSION_DATA, TextToImage, judged_pictures, scene_prompts
 from .foundations import MINICLIP_MODEL, CrossModalAttention, MiniCLIPModel, miniclip_from
 from .vqgan import VQGAN_CONFIGS, VQGANModel
 from .vqvae import VQVAE, VQVAEModel
 from ..world.data import Data, load_split, recipe_loader
-from ..world.judge import AttributeJudge, attributes_found, fact_scores, judge_predictions, storyworld_fid
+from ..world.judge import AttributeJudge
 from ..world.text import build_tokenizer
 
 
@@ -162,48 +163,58 @@ class TokenTextToImage(nn.Module):
         "The code grid of images in [0, 1], flattened in raster order: `(B, h·w)`."
         return self.autoencoder.encode(images).indices.flatten(1)
 
-    def log_likelihood(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
-        "log p(z | caption) in nats of each picture's code grid `z`: the sum over its codes of log p(z_i | z_<i, caption)."
-        codes = self.codes(images)
-        context, mask = self.encode_text(captions)
-        logp = torch.log_softmax(self.prior(codes[:, :-1], context, mask).float(), dim=-1)
-        return logp.gather(-1, codes[..., None]).squeeze(-1).sum(1)
 
-    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        "The negative log-likelihood per code (cross-entropy), captions dropped `cond_drop` of the time."
-        codes = self.codes(batch["image"])
-        keep = global_draw(torch.rand, len(codes)) >= self.cond_drop
-        context, mask = self.encode_text([c if k else "" for c, k in zip(batch["caption"], keep)])
-        logits = self.prior(codes[:, :-1], context, mask)
-        return F.cross_entropy(logits.flatten(0, 1).float(), codes.flatten()), {}
+# %% ../../nbs/05b_tokens.ipynb #1131f791
+@patch_to(TokenTextToImage)
+def log_likelihood(self: TokenTextToImage, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
+    "log p(z | caption) in nats of each picture's code grid `z`: the sum over its codes of log p(z_i | z_<i, caption)."
+    codes = self.codes(images)
+    context, mask = self.encode_text(captions)
+    logp = torch.log_softmax(self.prior(codes[:, :-1], context, mask).float(), dim=-1)
+    return logp.gather(-1, codes[..., None]).squeeze(-1).sum(1)
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        "The training loss (`loss`), as `model(batch)`, so that data-parallel training averages its gradients."
-        return self.loss(batch)
 
-    @torch.no_grad()
-    def generate(self, captions: Sequence[str], *, guidance_scale: float = 3.0, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None, batch_size: int = 256) -> torch.Tensor:
-        """Images `(B, 3, S, S)` in [0, 1] for `captions`: codes drawn one at a time in raster order, each from the
-        guided distribution uncond + guidance_scale · (cond − uncond) of the logits, then decoded."""
-        was_training = self.training
-        self.eval()
-        prior = self.prior
-        images = []
-        for start in range(0, len(captions), batch_size):
-            part = list(captions[start:start + batch_size])
-            context, mask = self.encode_text(part + [""] * len(part))
-            codes = torch.zeros(len(part), 0, dtype=torch.long, device=context.device)
-            caches = [{} for _ in prior.blocks]  # keys and values of the codes drawn so far, per block
-            for _ in range(prior.seq_len):
-                logits = prior(codes.repeat(2, 1), context, mask, caches)[:, -1].float()
-                cond, uncond = logits.chunk(2)
-                nxt = sample_codes(uncond + guidance_scale * (cond - uncond), temperature, top_k, generator)
-                codes = torch.cat([codes, nxt[:, None]], dim=1)
-            side = math.isqrt(prior.seq_len)
-            images.append(self.autoencoder.decode_indices(codes.view(-1, side, side)).clamp(0, 1).float().cpu())
-        self.train(was_training)
-        return torch.cat(images)
+@patch_to(TokenTextToImage)
+def loss(self: TokenTextToImage, batch: dict) -> tuple[torch.Tensor, dict]:
+    "The negative log-likelihood per code (cross-entropy), captions dropped `cond_drop` of the time."
+    codes = self.codes(batch["image"])
+    keep = global_draw(torch.rand, len(codes)) >= self.cond_drop
+    context, mask = self.encode_text([c if k else "" for c, k in zip(batch["caption"], keep)])
+    logits = self.prior(codes[:, :-1], context, mask)
+    return F.cross_entropy(logits.flatten(0, 1).float(), codes.flatten()), {}
+
+
+@patch_to(TokenTextToImage)
+def forward(self: TokenTextToImage, batch: dict) -> tuple[torch.Tensor, dict]:
+    "The training loss (`loss`), as `model(batch)`, so that data-parallel training averages its gradients."
+    return self.loss(batch)
+
+
+# %% ../../nbs/05b_tokens.ipynb #83f63315
+@patch_to(TokenTextToImage)
+@torch.no_grad()
+def generate(self: TokenTextToImage, captions: Sequence[str], *, guidance_scale: float = 3.0, temperature: float = 1.0,
+             top_k: int | None = None, generator: torch.Generator | None = None, batch_size: int = 256) -> torch.Tensor:
+    """Images `(B, 3, S, S)` in [0, 1] for `captions`: codes drawn one at a time in raster order, each from the
+    guided distribution uncond + guidance_scale · (cond − uncond) of the logits, then decoded."""
+    was_training = self.training
+    self.eval()
+    prior = self.prior
+    images = []
+    for start in range(0, len(captions), batch_size):
+        part = list(captions[start:start + batch_size])
+        context, mask = self.encode_text(part + [""] * len(part))
+        codes = torch.zeros(len(part), 0, dtype=torch.long, device=context.device)
+        caches = [{} for _ in prior.blocks]  # keys and values of the codes drawn so far, per block
+        for _ in range(prior.seq_len):
+            logits = prior(codes.repeat(2, 1), context, mask, caches)[:, -1].float()
+            cond, uncond = logits.chunk(2)
+            nxt = sample_codes(uncond + guidance_scale * (cond - uncond), temperature, top_k, generator)
+            codes = torch.cat([codes, nxt[:, None]], dim=1)
+        side = math.isqrt(prior.seq_len)
+        images.append(self.autoencoder.decode_indices(codes.view(-1, side, side)).clamp(0, 1).float().cpu())
+    self.train(was_training)
+    return torch.cat(images)
 
 
 # %% ../../nbs/05b_tokens.ipynb #22ac67d9
@@ -272,21 +283,16 @@ def bits_per_code(model: TokenTextToImage, n: int = 1000, batch_size: int = 250)
     return nats / (n * model.prior.seq_len * math.log(2))
 
 
+# %% ../../nbs/05b_tokens.ipynb #3099cdde
 def evaluate_token_prior(model: TokenTextToImage, n: int = 256, *, judge: AttributeJudge, n_actors: int = 1,
                          world: int = 0, guidance_scale: float = 3.0, temperature: float = 1.0, top_k: int | None = None,
                          seed: int = 0, batch_size: int = 256) -> dict[str, float]:
-    """What the judge finds in the prior's pictures for `n` held-out `scene_prompts`, reported as
-    `evaluate_text_to_image` reports it for the diffusion models: facts per attribute and overall, whole scenes,
-    StoryWorld FID and the seconds the drawing took."""
+    "`judged_pictures` for the prior's pictures of `n` held-out `scene_prompts`, as the diffusion models are judged."
     captions, scenes = scene_prompts(n, n_actors, world=world)
-    start = time.perf_counter()
-    images = model.generate(captions, guidance_scale=guidance_scale, temperature=temperature, top_k=top_k,
-                            generator=torch.Generator().manual_seed(seed), batch_size=batch_size)
-    seconds = time.perf_counter() - start
-    preds = judge_predictions(judge, images)
-    whole = sum(all(attributes_found(p, s)) for p, s in zip(preds, scenes)) / n
-    return {**fact_scores(preds, scenes), "scene": whole, "fid": storyworld_fid(judge, images, n_actors=n_actors),
-            "seconds": seconds}
+    generator = torch.Generator().manual_seed(seed)
+    return judged_pictures(lambda: model.generate(captions, guidance_scale=guidance_scale, temperature=temperature,
+                                                  top_k=top_k, generator=generator, batch_size=batch_size),
+                           scenes, judge=judge, n_actors=n_actors)
 
 
 def fit_token_prior(model: TokenTextToImage, config: TokenPriorConfig, progress: bool = True, *, miniclip: nn.Module,

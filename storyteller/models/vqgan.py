@@ -129,6 +129,7 @@ class PerceptualLoss(nn.Module):
         return total
 
 
+# %% ../../nbs/03_vqgan.ipynb #034dcbfc
 def vgg16_perceptual() -> PerceptualLoss:
     "LPIPS's layers (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3) of torchvision's ImageNet VGG16; downloads its weights once."
     from torchvision.models import VGG16_Weights, vgg16
@@ -265,6 +266,7 @@ def with_critic(vqvae: VQVAEConfig) -> VQGANConfig:
 VQGAN_CONFIGS = {size: with_critic(config) for size, config in VQVAE_CONFIGS.items()}
 
 
+# %% ../../nbs/03_vqgan.ipynb #f63428b0
 def build_vqgan(config: VQGANConfig) -> VQGAN:
     "An untrained `VQGAN` sized by `config`."
     return VQGAN(**asdict(config.model))

@@ -73,11 +73,9 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         check_choice("distance", distance, ("l2", "cosine"))
         self.num_codes, self.dim, self.beta, self.ema, self.decay, self.eps = num_codes, dim, beta, ema, decay, eps
-        self.kmeans_iters, self.dead_code_threshold = kmeans_iters, dead_code_threshold
-        self.distance, self.chunk_size = distance, chunk_size
-        codebook = torch.randn(num_codes, dim)
-        if distance == "cosine":
-            codebook = F.normalize(codebook, dim=-1)
+        self.kmeans_iters, self.dead_code_threshold, self.distance = kmeans_iters, dead_code_threshold, distance
+        self.chunk_size = chunk_size
+        codebook = self._prepare(torch.randn(num_codes, dim))  # unit length for the cosine distance
         if ema:
             self.register_buffer("codebook", codebook)
             self.register_buffer("embed_sum", codebook.clone())
@@ -88,33 +86,6 @@ class VectorQuantizer(nn.Module):
 
     def _prepare(self, z: torch.Tensor) -> torch.Tensor:
         return F.normalize(z, dim=-1) if self.distance == "cosine" else z
-
-    @torch.no_grad()
-    def _kmeans_init(self, flat: torch.Tensor) -> None:
-        centres, sizes = kmeans(flat, self.num_codes, self.kmeans_iters)
-        self.codebook.data.copy_(self._prepare(centres))
-        self.cluster_size.copy_(sizes)
-        if self.ema:
-            self.embed_sum.copy_(self.codebook * sizes[:, None])
-        self.initialized.fill_(True)
-
-    @torch.no_grad()
-    def _update_statistics(self, flat: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
-        "Running usage, the EMA codebook update (with Laplace smoothing), and dead-code restart."
-        self.cluster_size.lerp_(counts, 1 - self.decay)
-        if self.ema:
-            batch_sum = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat)
-            self.embed_sum.lerp_(batch_sum, 1 - self.decay)
-            n = self.cluster_size.sum()
-            smoothed = (self.cluster_size + self.eps) / (n + self.num_codes * self.eps) * n
-            self.codebook.copy_(self._prepare(self.embed_sum / smoothed[:, None]))
-        dead = (self.cluster_size < self.dead_code_threshold) & (counts == 0)  # rare *and* unused in this batch
-        if dead.any():
-            fresh = flat[torch.randint(len(flat), (int(dead.sum()),), device=flat.device)]
-            self.codebook.data[dead] = fresh
-            self.cluster_size[dead] = self.dead_code_threshold
-            if self.ema:
-                self.embed_sum[dead] = fresh * self.dead_code_threshold
 
     def forward(self, z: torch.Tensor) -> Quantized:
         "Quantize latents `(B, D, H, W)`."
@@ -136,6 +107,40 @@ class VectorQuantizer(nn.Module):
         return Quantized(z_st.movedim(-1, 1).to(z.dtype), indices.view(z32.shape[:-1]),
                          codebook_loss + self.beta * commitment, codebook_loss, commitment, perplexity,
                          (counts > 0).float().mean())
+
+
+# %% ../../nbs/02_vqvae.ipynb #8b1ea3ca
+@torch.no_grad()
+def _kmeans_init(self: VectorQuantizer, flat: torch.Tensor) -> None:
+    "k-means centres of the first training batch replace the random codebook."
+    centres, sizes = kmeans(flat, self.num_codes, self.kmeans_iters)
+    self.codebook.data.copy_(self._prepare(centres))
+    self.cluster_size.copy_(sizes)
+    if self.ema:
+        self.embed_sum.copy_(self.codebook * sizes[:, None])
+    self.initialized.fill_(True)
+
+
+@torch.no_grad()
+def _update_statistics(self: VectorQuantizer, flat: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
+    "Running usage, the EMA codebook update (with Laplace smoothing), and dead-code restart."
+    self.cluster_size.lerp_(counts, 1 - self.decay)
+    if self.ema:
+        batch_sum = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat)
+        self.embed_sum.lerp_(batch_sum, 1 - self.decay)
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (n + self.num_codes * self.eps) * n
+        self.codebook.copy_(self._prepare(self.embed_sum / smoothed[:, None]))
+    dead = (self.cluster_size < self.dead_code_threshold) & (counts == 0)  # rare *and* unused in this batch
+    if dead.any():
+        fresh = flat[torch.randint(len(flat), (int(dead.sum()),), device=flat.device)]
+        self.codebook.data[dead] = fresh
+        self.cluster_size[dead] = self.dead_code_threshold
+        if self.ema:
+            self.embed_sum[dead] = fresh * self.dead_code_threshold
+
+
+VectorQuantizer._kmeans_init, VectorQuantizer._update_statistics = _kmeans_init, _update_statistics
 
 
 # %% ../../nbs/02_vqvae.ipynb #58b0d521
@@ -297,6 +302,7 @@ def edge_sharpness(reconstructions: torch.Tensor, images: torch.Tensor, edge_sha
     return (g_rec * edges).sum(1) / (g_img * edges).sum(1).clamp(min=1e-8)
 
 
+# %% ../../nbs/02_vqvae.ipynb #a8035ecb
 def vqvae_loss(model: VQVAE, batch: dict) -> tuple[torch.Tensor, dict]:
     "A `fit` loss: pixel MSE plus the quantizer's loss; logs the MSE and the batch's code perplexity and usage."
     images = batch["image"]

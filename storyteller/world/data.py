@@ -60,7 +60,7 @@ class StoryWorldDataset(torch.utils.data.Dataset):
                  else to_tensor(render(scene, self.image_size, render_seed)))
         return {"image": image, "caption": caption(scene, lang, template), "labels": torch.tensor(scene_labels(scene))}
 
-
+# %% ../../nbs/00c_data.ipynb #20214a55
 @functools.lru_cache(maxsize=2)
 def drawn_pictures(split: str, n: int, image_size: int, seed: int = 0, n_actors: int | None = None,
                    named: bool = False) -> torch.Tensor:
@@ -88,7 +88,7 @@ def draws_up_front(steps: int, batch_size: int, split: str = "train") -> bool:
     "Whether a run of `steps` batches should draw its split once up front: when it would draw each picture thrice or more."
     return steps * batch_size >= 3 * SPLIT_SIZES[split]
 
-
+# %% ../../nbs/00c_data.ipynb #55f58f15
 def storyworld_loader(split: str = "train", batch_size: int = 64, shuffle: bool | None = None, seed: int = 0,
                       num_workers: int = 0, **kwargs) -> torch.utils.data.DataLoader:
     "A `DataLoader` over a StoryWorld split (`kwargs` go to the dataset); shuffles train, reproducibly from `seed`."

@@ -93,7 +93,7 @@ def judge_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
     out["exact"] = (pred == labels).all(-1).float().mean().item()
     return out
 
-
+# %% ../../nbs/00d_judge.ipynb #707b631f
 def label_values(labels: Sequence[int]) -> dict[str, str]:
     "A label vector as words, field by field ('none' for an empty slot); works for any vector a judge predicts."
     labels = [int(v) for v in labels]
@@ -118,7 +118,7 @@ def attributes_found(pred: Sequence[int], scene: Scene) -> list[bool]:
             found.append(seen[f"{position}_{attribute}"] == value)
     return found
 
-
+# %% ../../nbs/00d_judge.ipynb #7cd86ff4
 def fact_scores(preds: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, float]:
     "Share of the scenes' facts that the predicted label vectors show, per kind (background, position, shape, colour, size) and overall."
     found: dict[str, list[bool]] = {}
@@ -129,7 +129,7 @@ def fact_scores(preds: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, float
     every = [ok for oks in found.values() for ok in oks]
     return {**scores, "overall": sum(every) / len(every)}
 
-
+# %% ../../nbs/00d_judge.ipynb #c7a889d5
 @torch.no_grad()
 def judge_predictions(judge: AttributeJudge, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     "The judge's label vectors `(B, 10)` for images in [0, 1], computed in batches on the judge's device."

@@ -43,7 +43,7 @@ class Actor:
         if self.name is not None:
             check_choice("name", self.name, NAMES)
 
-
+# %% ../../nbs/00_storyworld.ipynb #60ed399c
 @dataclass(frozen=True)
 class Scene:
     "A background with one or two actors at different positions, listed from left to right."
@@ -89,7 +89,7 @@ def _mix(a: tuple, b: tuple, t: float) -> tuple:
     "Linear blend of two RGB colours."
     return tuple(round(x + (y - x) * t) for x, y in zip(a, b))
 
-
+# %% ../../nbs/00_storyworld.ipynb #e5203fea
 def _paint_background(draw: ImageDraw.ImageDraw, name: str, s: int, rng: random.Random) -> None:
     "Fill an `s`-pixel canvas with the background's gradient and texture."
     top, bottom = PALETTES[name]
@@ -121,7 +121,7 @@ def _paint_background(draw: ImageDraw.ImageDraw, name: str, s: int, rng: random.
             x, y, h = rng.uniform(0, s), rng.uniform(0.3, 1.0) * s, rng.uniform(0.15, 0.3) * s
             draw.polygon([(x, y - h), (x - h / 3, y), (x + h / 3, y)], fill=(15, 45, 25))
 
-
+# %% ../../nbs/00_storyworld.ipynb #85c4b0ec
 def shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     "The outline of `shape` centred at (cx, cy) with a size of about `r` (circles use 64 points)."
     if shape == "circle":
@@ -140,7 +140,7 @@ def shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[floa
         raise ValueError(f"unknown shape {shape!r}; valid values: {', '.join(SHAPES)}")
     return [(cx + r * x, cy + r * y) for x, y in pts]
 
-
+# %% ../../nbs/00_storyworld.ipynb #b8fef4c3
 def render(scene: Scene, size: int = 32, seed: int = 0) -> Image.Image:
     "Draw `scene` as a `size`×`size` RGB image; texture and jitter are fixed by `seed`."
     rng = random.Random(f"render-{seed}")
@@ -156,7 +156,6 @@ def render(scene: Scene, size: int = 32, seed: int = 0) -> Image.Image:
         draw.polygon(shape_polygon(actor.shape, cx, cy, r), fill=colour,
                      outline=_mix(colour, (0, 0, 0), 0.55), width=max(1, s // 64))
     return canvas.resize((size, size), Image.BOX)
-
 
 # %% ../../nbs/00_storyworld.ipynb #4b37836f
 SLOT_FIELDS = {"shape": SHAPES, "colour": COLOURS, "size": SIZES}
@@ -184,7 +183,7 @@ def scene_from_labels(labels: Sequence[int]) -> Scene:
             actors.append(Actor(SHAPES[shape - 1], COLOURS[colour - 1], SIZES[size - 1], position))
     return Scene(BACKGROUNDS[labels[0]], tuple(actors))
 
-
+# %% ../../nbs/00_storyworld.ipynb #c5458acb
 def relation(scene: Scene) -> tuple[Actor, str, Actor] | None:
     "The spatial relation a two-actor scene states, as (actor, 'left of', actor); None for one actor."
     return (scene.actors[0], "left of", scene.actors[1]) if len(scene.actors) == 2 else None

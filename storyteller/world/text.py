@@ -48,7 +48,7 @@ ZH = {
 LANGUAGES = ("en", "zh")
 N_TEMPLATES = 3
 
-
+# %% ../../nbs/00b_storytext.ipynb #091367d1
 def actor_phrase(actor: Actor, lang: str = "en") -> str:
     "How a caption names an actor: 'a big red star' / '一颗大大的红色星星', or with its name first."
     if lang == "en":
@@ -112,7 +112,7 @@ def vocabulary() -> tuple[str, ...]:
     norm, pre = _text_steps()
     return SPECIAL_TOKENS + tuple(sorted({w for p in _caption_phrases() for w, _ in pre.pre_tokenize_str(norm.normalize_str(p))}))
 
-
+# %% ../../nbs/00b_storytext.ipynb #2a34d5d8
 def build_tokenizer(max_length: int = 48):
     "A word-level `PreTrainedTokenizerFast` over the `vocabulary`: every StoryWorld caption in English and Chinese."
     from tokenizers import Tokenizer, models, processors
@@ -126,7 +126,6 @@ def build_tokenizer(max_length: int = 48):
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
-
 
 # %% ../../nbs/00b_storytext.ipynb #1fe44487
 CAPTION_STYLES = ("detailed", "short", "story")
@@ -152,7 +151,7 @@ def _mentions(actor: Actor, question: str, language: str, asked: str) -> int:
     words = [ZH[f][getattr(actor, f)] if language == "zh" else getattr(actor, f) for f in fields]
     return sum(w in question.lower() for w in words)
 
-
+# %% ../../nbs/00b_storytext.ipynb #5d923876
 def describe_scene(scene: Scene, style: str = "detailed", language: str = "en") -> str:
     "A scene in words: the full caption (`detailed`), the actors only (`short`), or a story's opening line (`story`)."
     check_choice("caption style", style, CAPTION_STYLES)
@@ -180,7 +179,6 @@ def answer_about(scene: Scene, question: str) -> str:
     if kind == "position":
         return table["position"][value] if table else EN["position"][value]
     return table[kind][value] if table else value
-
 
 # %% ../../nbs/00b_storytext.ipynb #4a1fefa8
 STORY_TEMPLATES = {  # opening, middle scenes (cycled), ending; {A} the hero, {F} the friend
@@ -216,7 +214,7 @@ def story_cast(prompt: str, rng: random.Random) -> list[Actor]:
         cast.append(Actor(pick("shape", SHAPES), pick("colour", COLOURS), pick("size", SIZES), "left", name))
     return cast
 
-
+# %% ../../nbs/00b_storytext.ipynb #70e30dcd
 def plan_story(prompt: str, paragraphs: int = 4) -> list[Scene]:
     """The scenes of the story for `prompt`: the hero at home, `paragraphs - 2` scenes with a friend (the prompt's second
     character, else a drawn one), home again; seeded by the prompt."""
@@ -252,7 +250,6 @@ def story_request(cast: dict[str, str], language: str = "en") -> str:
     story, person, joint = STORY_REQUEST[language]
     return story.format(cast=joint.join(person.format(name=n, description=d) for n, d in cast.items()))
 
-
 # %% ../../nbs/00b_storytext.ipynb #75303137
 PLACES = {"en": {"night sky": "night", "blue sky": "sky", "sky": "sky", "meadow": "meadow", "desert": "desert",
                   "sea": "sea", "forest": "forest"},
@@ -283,7 +280,7 @@ def first_word(text: str, table: dict[str, str]) -> str | None:
     found = word_pattern(*table).search(text)
     return table[found.group(0).lower()] if found else None
 
-
+# %% ../../nbs/00b_storytext.ipynb #f8c834f0
 def paragraphs(text: str) -> list[str]:
     "A story's paragraphs: blocks between blank lines (or the lines, when a writer puts no blank line between them)."
     blocks = [b.strip() for b in re.split(r"\n\s*\n", text) if b.strip()]
@@ -306,7 +303,6 @@ def names_look(text: str, description: str) -> bool:
     if not look:
         return description in text
     return all(named_word(text, f, [word]) for f, word in look.items())
-
 
 # %% ../../nbs/00b_storytext.ipynb #b60b0ffc
 def paragraph_scene(text: str, descriptions: dict[str, str], language: str = "en") -> Scene | None:
@@ -331,7 +327,7 @@ def paragraph_scene(text: str, descriptions: dict[str, str], language: str = "en
               for look, spot, (_, name) in zip(looks, spots, found)]
     return Scene(background, tuple(sorted(actors, key=lambda a: POSITIONS.index(a.position))))
 
-
+# %% ../../nbs/00b_storytext.ipynb #8ad10e48
 def drawing_prompt(text: str, descriptions: dict[str, str], language: str = "en") -> str:
     """What an illustrator is asked to draw for a paragraph: the English caption of the scene it tells of (the language
     the illustrator learns characters in), else the text with the look of each character it does not name."""
@@ -339,7 +335,6 @@ def drawing_prompt(text: str, descriptions: dict[str, str], language: str = "en"
     if scene is not None:
         return caption(scene, "en")
     return " ".join([text, *(d for d in descriptions.values() if not names_look(text, d))]).strip()
-
 
 # %% ../../nbs/00b_storytext.ipynb #dd09e906
 QUESTION_CYCLE = ("position", "colour", "background", "size", "shape")
